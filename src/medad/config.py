@@ -1,0 +1,156 @@
+"""The one validated run configuration, loaded from YAML and overridden from the CLI.
+
+Every run writes its resolved configuration (all defaults filled in) to ``RUN_DIR/config.yaml``;
+``medad train --config RUN_DIR/config.yaml`` repeats the run.
+
+>>> cfg = RunConfig.model_validate({"data": {"path": "data/synthetic", "image_size": 32}})
+>>> cfg.data.image_size, cfg.method.name, cfg.detector.name
+(32, 'contrastive', 'mahalanobis')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the images come from and how every image is brought to one tensor layout."""
+
+    path: str | None = Field(None, description="MVTec-style folder or MedMNIST .npz file")
+    format: Literal["auto", "folder", "medmnist"] = "auto"
+    normal_label: int | None = Field(
+        None, description="MedMNIST label that means 'normal' (known for pneumoniamnist=0, breastmnist=1)"
+    )
+    image_size: int = Field(64, ge=8, le=1024, description="square side every image is resized to")
+    channels: Literal[1, 3] = Field(1, description="every image is converted to this many channels")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of training normals held out for thresholds/selection"
+    )
+    max_train: int | None = Field(None, ge=1, description="use at most this many training normals")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="unreadable image: stop with an error naming it, or log and skip it"
+    )
+    nifti_slices: Literal["middle", "all"] | int = Field(
+        "middle", description="axial slices taken from each NIfTI volume"
+    )
+    unlabeled: str | None = Field(None, description="folder or .npz of unlabeled images (DDAD-style pool)")
+    labelled_val: str | None = Field(
+        None,
+        description="optional labelled validation folder; its threshold is reported under its own name",
+    )
+
+
+class EncoderConfig(_Strict):
+    """ResNet encoder shared by all self-supervised methods."""
+
+    arch: Literal["resnet18"] = "resnet18"
+    width: int = Field(64, ge=4, le=128, description="channels of the first stage (64 = standard ResNet-18)")
+    stem: Literal["auto", "cifar", "imagenet"] = Field(
+        "auto", description="auto: cifar (3x3, stride 1) up to 32 px, imagenet (7x7, stride 2 + pool) above"
+    )
+    weights: str | None = Field(None, description="optional local state_dict file to start from")
+
+
+class MethodConfig(_Strict):
+    """Self-supervised pre-training objective; ``params`` are validated by the method itself."""
+
+    name: str = "contrastive"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectorConfig(_Strict):
+    """The score used for thresholds and predictions, plus the others reported beside it."""
+
+    name: str = "mahalanobis"
+    params: dict[str, Any] = Field(default_factory=dict)
+    also: list[str] | Literal["auto"] = Field(
+        "auto", description="further scores reported in metrics.json; auto = all that apply"
+    )
+
+
+class TrainConfig(_Strict):
+    """The training loop."""
+
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """How thresholds are chosen (never on the test split) and what the report shows."""
+
+    threshold_quantile: float = Field(
+        0.95, gt=0, lt=1, description="threshold = this quantile of validation-normal scores"
+    )
+    top_k: int = Field(8, ge=1, le=64, description="images per gallery in the report")
+    batch_size: int = Field(128, ge=1)
+
+
+class RunConfig(_Strict):
+    """Everything that defines a run; saved as ``RUN_DIR/config.yaml``."""
+
+    schema_version: int = SCHEMA_VERSION
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _known_version(self) -> RunConfig:
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(
+                f"config schema_version {self.schema_version} is newer than this medad "
+                f"({SCHEMA_VERSION}); upgrade medad"
+            )
+        return self
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping at the top level")
+    return RunConfig.model_validate(raw)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (all defaults spelled out)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``; ``None`` skips."""
+    data = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return RunConfig.model_validate(data)

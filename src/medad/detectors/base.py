@@ -1,0 +1,55 @@
+"""What every detector (anomaly score) provides.
+
+A detector is an ``nn.Module`` whose fitted statistics are buffers, so ``state_dict()`` saves it
+and ``load_state_dict`` restores it without pickling. ``fit`` and ``score`` take preprocessed
+images ``[N, C, H, W]`` and the (frozen, eval-mode) encoder, which embedding detectors use and
+reconstruction detectors ignore.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class DetectorParams(BaseModel):
+    """Base class of each detector's validated parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class DetectorOutput:
+    """Scores ``[N]`` (higher = more anomalous) and, for spatial detectors, maps ``[N, H, W]``."""
+
+    scores: Tensor
+    maps: Tensor | None = None
+
+
+class Detector(nn.Module, ABC):
+    """Base class; subclasses set ``name``, ``Params`` and implement ``fit`` / ``score``.
+
+    ``cache`` is a dict that the caller shares between detectors scoring the same images, so that
+    e.g. embeddings are computed once for Mahalanobis, S_NND and S_LH.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[DetectorParams]] = DetectorParams
+    spatial: ClassVar[bool] = False
+    needs_encoder: ClassVar[bool] = True
+
+    def __init__(self, **params: Any):
+        super().__init__()
+        self.params = self.Params(**params)
+
+    @abstractmethod
+    def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> Detector:
+        """Estimate the normal model from normal training images."""
+
+    @abstractmethod
+    def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:
+        """Anomaly scores (and maps) of ``images``."""

@@ -1,0 +1,40 @@
+"""What every self-supervised pre-training method provides.
+
+A method is a pure ``nn.Module`` that owns the encoder and its training heads and turns a batch
+of normal images into a loss. The training loop (``medad.train.loop``) does the rest: batching,
+optimiser, progress, checkpoints, resume.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class MethodParams(BaseModel):
+    """Base class of each method's validated parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PretrainMethod(nn.Module, ABC):
+    """Base class; subclasses set ``name`` and ``Params`` and implement ``training_loss``.
+
+    ``encoder`` maps images ``[N, C, H, W]`` to embeddings ``[N, D]`` and is what detectors use
+    after training; everything else (projection heads, ...) exists only for the loss.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, encoder: nn.Module, **params: Any):
+        super().__init__()
+        self.encoder = encoder
+        self.params = self.Params(**params)
+
+    @abstractmethod
+    def training_loss(self, images: Tensor) -> dict[str, Tensor]:
+        """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised."""
