@@ -154,3 +154,31 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             node = node[key]
         node[leaf] = value
     return RunConfig.model_validate(data)
+
+
+# Short names shared by the CLI flags and the Python API's keyword arguments.
+SHORTCUTS: dict[str, str] = {
+    "data": "data.path",
+    "image_size": "data.image_size",
+    "channels": "data.channels",
+    "method": "method.name",
+    "detector": "detector.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+    "progress": "train.progress",
+}
+
+
+def apply_shortcuts(config: RunConfig, **values: Any) -> RunConfig:
+    """Apply :data:`SHORTCUTS` keyword overrides (``None`` means "keep the config's value").
+
+    >>> apply_shortcuts(RunConfig(), epochs=3, detector="nnd").train.epochs
+    3
+    """
+    unknown = sorted(set(values) - set(SHORTCUTS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; known: {sorted(SHORTCUTS)}")
+    return apply_overrides(config, {SHORTCUTS[k]: v for k, v in values.items()})

@@ -1,0 +1,202 @@
+"""The ``medad`` command line: thin wrappers that parse options and call :mod:`medad.pipeline`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from medad import __version__
+
+app = typer.Typer(
+    help="Unsupervised anomaly detection in medical screening images.\n\n"
+    "Learn what normal looks like from normal images only, then flag and localise anomalies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _fail(exc: BaseException) -> None:
+    """Print a one-line error (no traceback unless MEDAD_DEBUG=1) and exit with status 2."""
+    if os.environ.get("MEDAD_DEBUG"):
+        raise exc
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError, TypeError)
+
+
+@app.callback()
+def main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """medad command line."""
+    if version:
+        typer.echo(f"medad {__version__}")
+        raise typer.Exit()
+    _setup_logging(quiet)
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, help="MVTec-style folder or MedMNIST .npz file."),
+    out: Path = typer.Option(..., help="Run directory to write (model/, metrics.json, report.html, ...)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config; flags below override it."),
+    method: Optional[str] = typer.Option(None, help="Pre-training method, e.g. contrastive."),
+    detector: Optional[str] = typer.Option(None, help="Primary score: mahalanobis, nnd or lh."),
+    image_size: Optional[int] = typer.Option(None, help="Square image side in pixels."),
+    channels: Optional[int] = typer.Option(None, help="1 (grey) or 3 (RGB) channels for every image."),
+    epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per batch."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    seed: Optional[int] = typer.Option(None, help="Seed for every random source."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Pre-train on normal images, fit the scores, evaluate on the test split, write a report.
+
+    Example:
+
+        medad train --data ../shared/data/lgg_brain_mri_mini --method contrastive \\
+            --detector mahalanobis --image-size 64 --channels 3 --epochs 5 --out runs/lgg
+    """
+    from medad.config import RunConfig, apply_shortcuts, load_config
+    from medad.pipeline import train_run
+
+    try:
+        base = load_config(config) if config else RunConfig()
+        cfg = apply_shortcuts(
+            base, data=None if data is None else str(data), method=method, detector=detector,
+            image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
+            seed=seed, device=device, progress=None if progress else False,
+        )
+        metrics = train_run(cfg, out, resume=resume)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    _print_summary(metrics, out)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
+    data: Path = typer.Option(..., help="Dataset whose test split is scored (MVTec folder or .npz)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/eval/<data name>)."),
+) -> None:
+    """Score a dataset's test split with a trained model; write metrics.json and a report.
+
+    Example:
+
+        medad evaluate --model runs/lgg --data ../shared/data/lgg_brain_mri_mini
+    """
+    from medad.pipeline import evaluate_run
+
+    try:
+        metrics, out_dir = evaluate_run(model, data, out)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    _print_summary(metrics, out_dir)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
+    out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores)."),
+) -> None:
+    """Score new images: scores.csv with path, score and label at the model's threshold.
+
+    Example:
+
+        medad predict --model runs/lgg ../shared/data/lgg_brain_mri_mini/test/tumor --out runs/lgg/pred
+    """
+    from medad.pipeline import predict_run
+
+    try:
+        path = predict_run(model, inputs, out)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"scores: {path}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="Run (or eval) directory with predictions.npz.")) -> None:
+    """Re-render report.html from a run's saved predictions and metrics.
+
+    Example:
+
+        medad report runs/lgg
+    """
+    from medad.pipeline import report_run
+
+    try:
+        path = report_run(run_dir)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="Folder to write (MVTec layout)."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    n_train: int = typer.Option(200, help="Normal training images."),
+    n_test_normal: int = typer.Option(50, help="Normal test images."),
+    n_test_abnormal: int = typer.Option(50, help="Test images with synthetic lesions (with masks)."),
+    seed: int = typer.Option(0, help="Seed; the same seed writes identical files."),
+) -> None:
+    """Write the built-in synthetic phantom dataset (normal images + lesions with exact masks).
+
+    Example:
+
+        medad synth --out data/synthetic --size 64
+    """
+    from medad.data.synthetic import write_phantom_dataset
+
+    try:
+        write_phantom_dataset(out, n_train=n_train, n_test_normal=n_test_normal,
+                              n_test_abnormal=n_test_abnormal, size=size, seed=seed)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"synthetic dataset: {out}")
+
+
+@app.command("list")
+def list_components() -> None:
+    """List the available pre-training methods and detectors (scores).
+
+    Example:
+
+        medad list
+    """
+    from medad.detectors.registry import DETECTORS
+    from medad.methods.registry import METHODS
+
+    typer.echo("methods:   " + ", ".join(sorted(METHODS)))
+    typer.echo("detectors: " + ", ".join(sorted(DETECTORS)))
+
+
+def _print_summary(metrics: dict, out: Path) -> None:
+    keys = ("image_auroc", "image_ap", "sensitivity", "specificity", "accuracy", "threshold", "pixel_auroc")
+    parts = [f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float))]
+    console.print(f"{metrics.get('method')} + {metrics.get('detector')}: " + (", ".join(parts) or "no test labels"))
+    console.print(f"metrics: {Path(out) / 'metrics.json'}")
+    console.print(f"report:  {Path(out) / 'report.html'}")

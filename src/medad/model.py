@@ -1,0 +1,264 @@
+"""The Python API: a scikit-learn / PyOD-style anomaly detector over medad's methods and scores.
+
+``fit`` pre-trains the encoder with the configured self-supervised method on normal images only,
+fits the primary detector (and the other applicable scores) on the training normals and sets
+the threshold from held-out validation normals. Higher scores mean "more anomalous".
+
+>>> import torch
+>>> from medad import AnomalyDetector
+>>> normals = torch.rand(12, 1, 16, 16)
+>>> det = AnomalyDetector(image_size=16, epochs=1, batch_size=4, progress=False).fit(normals)
+>>> det.decision_function(torch.rand(3, 1, 16, 16)).shape
+(3,)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medad import __version__
+from medad.config import RunConfig, apply_shortcuts
+from medad.data.imageset import ImageSet
+from medad.detectors.base import DetectorOutput
+from medad.detectors.registry import applicable_detectors, build_detector
+from medad.evaluation.metrics import quantile_threshold
+from medad.methods.registry import build_method
+from medad.models.resnet import build_encoder
+from medad.runtime import resolve_device, seed_everything, set_threads
+from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.loop import train_method
+
+log = logging.getLogger("medad")
+
+Images = Union[ImageSet, Tensor, np.ndarray, str, Path]
+MODEL_FORMAT = 1
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a detector is used before ``fit`` (or ``load``)."""
+
+
+class AnomalyDetector:
+    """Self-supervised encoder + anomaly scores + label-free threshold.
+
+    Configure with a :class:`~medad.config.RunConfig` and/or shortcuts (``method``, ``detector``,
+    ``image_size``, ``channels``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``device``,
+    ``progress``). Images may be an :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` /
+    ``[N, H, W]`` (floats in [0, 1] or uint8), or a path to a file or folder of images.
+    """
+
+    def __init__(self, config: RunConfig | None = None, **shortcuts: Any):
+        self.config = apply_shortcuts(config or RunConfig(), **shortcuts)
+        self.device = resolve_device(self.config.train.device)
+        self.encoder_: nn.Module | None = None
+        self.detectors_ = nn.ModuleDict()
+        self.threshold_: float | None = None
+        self.threshold_rule_: str = "none"
+        self.val_scores_: list[float] = []
+        self.history_: list[dict[str, Any]] = []
+        self.train_seconds_: float = 0.0
+        self.n_train_: int = 0
+        self.manifest_sha256_: str = ""
+
+    # -- inputs -----------------------------------------------------------------------------
+    @property
+    def primary(self) -> str:
+        """Name of the score used for the threshold and predictions."""
+        return self.config.detector.name
+
+    def _tensor(self, images: Images) -> Tensor:
+        """Bring any accepted input to float32 ``[N, C, S, S]`` in the model's layout."""
+        size, channels = self.config.data.image_size, self.config.data.channels
+        if isinstance(images, (str, Path)):
+            from medad.data.loading import load_images
+
+            return load_images([images], image_size=size, channels=channels,
+                               nifti_slices=self.config.data.nifti_slices).images
+        x = images.images if isinstance(images, ImageSet) else torch.as_tensor(np.asarray(images))
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if x.ndim != 4:
+            raise ValueError(f"images must be [N, C, H, W] or [N, H, W], got shape {tuple(x.shape)}")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or Inf values")
+        if x.shape[1] != channels:
+            if x.shape[1] == 1:
+                x = x.expand(-1, channels, -1, -1)
+            elif x.shape[1] == 3 and channels == 1:
+                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            else:
+                raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x.clamp(0, 1).contiguous()
+
+    def _check_fitted(self) -> None:
+        if self.encoder_ is None or not self.detectors_:
+            raise NotFittedError("this AnomalyDetector is not fitted yet: call fit() or AnomalyDetector.load()")
+
+    # -- fitting ----------------------------------------------------------------------------
+    def score_names(self) -> list[str]:
+        """Primary score first, then the others reported beside it."""
+        also = self.config.detector.also
+        extra = applicable_detectors(self.primary) if also == "auto" else list(also)
+        return [self.primary] + [n for n in extra if n != self.primary]
+
+    def fit(
+        self,
+        images: Images,
+        val_images: Images | None = None,
+        *,
+        checkpoint_path: str | Path | None = None,
+        resume: bool = False,
+        fingerprint: str = "",
+    ) -> AnomalyDetector:
+        """Pre-train on normal ``images``, fit the scores, set the threshold on validation normals.
+
+        Without ``val_images``, ``config.data.val_fraction`` of ``images`` is held out (seeded).
+        """
+        cfg = self.config
+        seed_everything(cfg.train.seed)
+        set_threads(cfg.train.threads)
+        train = self._tensor(images)
+        if val_images is None:
+            n_val = int(round(len(train) * cfg.data.val_fraction)) if len(train) > 2 else 0
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))
+            val, train = train[perm[:n_val]], train[perm[n_val:]]
+        else:
+            val = self._tensor(val_images)
+        if len(train) < 2:
+            raise ValueError(f"need at least 2 normal training images, got {len(train)}")
+
+        t0 = time.perf_counter()
+        encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
+        method = build_method(cfg.method, encoder)
+        self.history_ = train_method(
+            method, train, val, cfg.train, device=self.device,
+            checkpoint_path=checkpoint_path, resume=resume, fingerprint=fingerprint,
+        )
+        self.encoder_ = method.encoder.eval()
+        cache: dict = {}
+        self.detectors_ = nn.ModuleDict()
+        for name in self.score_names():
+            params = cfg.detector.params if name == self.primary else {}
+            detector = build_detector(name, params).to(self.device)
+            self.detectors_[name] = detector.fit(train, self.encoder_, cache)
+        self.train_seconds_ = time.perf_counter() - t0
+        self.n_train_ = len(train)
+
+        if len(val):
+            self.val_scores_ = self.score_all(val)[self.primary].scores.tolist()
+            self.threshold_, self.threshold_rule_ = quantile_threshold(
+                np.asarray(self.val_scores_), cfg.evaluation.threshold_quantile
+            )
+        else:
+            log.warning("no validation normals: no threshold, predict() is unavailable")
+            self.val_scores_, self.threshold_, self.threshold_rule_ = [], None, "none"
+        return self
+
+    # -- scoring ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_all(self, images: Images) -> dict[str, DetectorOutput]:
+        """Every fitted score of ``images`` by name (primary first)."""
+        self._check_fitted()
+        x = self._tensor(images)
+        cache: dict = {}
+        return {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
+
+    def decision_function(self, images: Images) -> np.ndarray:
+        """Primary anomaly scores ``[N]``; higher = more anomalous (PyOD convention)."""
+        return self.score_all(images)[self.primary].scores.cpu().numpy()
+
+    score = decision_function
+
+    def predict(self, images: Images) -> np.ndarray:
+        """1 for images whose score exceeds the label-free threshold, else 0."""
+        if self.threshold_ is None:
+            raise NotFittedError("no threshold: fit with validation normals (val_fraction > 0)")
+        return (self.decision_function(images) > self.threshold_).astype(np.int64)
+
+    def anomaly_map(self, images: Images) -> np.ndarray:
+        """Pixel anomaly maps ``[N, H, W]`` from the primary detector, if it is spatial."""
+        out = self.score_all(images)[self.primary]
+        if out.maps is None:
+            raise ValueError(f"detector {self.primary!r} gives image scores only, no anomaly maps")
+        return out.maps.cpu().numpy()
+
+    @torch.no_grad()
+    def embed(self, images: Images, batch_size: int = 128) -> Tensor:
+        """Pooled encoder embeddings ``[N, D]`` (on CPU)."""
+        self._check_fitted()
+        x = self._tensor(images)
+        return torch.cat([self.encoder_(b.to(self.device)).cpu() for b in x.split(batch_size)])
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.pt`` (tensors only) and ``model.json`` (everything else) to ``directory``."""
+        self._check_fitted()
+        directory = Path(directory)
+        state = {
+            "encoder": self.encoder_.state_dict(),
+            "detectors": {name: det.state_dict() for name, det in self.detectors_.items()},
+        }
+        meta = {
+            "format": MODEL_FORMAT,
+            "medad_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "preprocessing": {
+                "image_size": self.config.data.image_size,
+                "channels": self.config.data.channels,
+                "nifti_slices": self.config.data.nifti_slices,
+                "resize": "square, bilinear with antialias",
+            },
+            "scores": list(self.detectors_),
+            "primary": self.primary,
+            "threshold": self.threshold_,
+            "threshold_rule": self.threshold_rule_,
+            "val_scores": self.val_scores_,
+            "history": self.history_,
+            "train_seconds": self.train_seconds_,
+            "n_train": self.n_train_,
+            "manifest_sha256": self.manifest_sha256_,
+        }
+        save_checkpoint(directory / "model.pt", state, meta)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> AnomalyDetector:
+        """Load a model saved by :meth:`save` (or a run directory containing ``model/``)."""
+        directory = Path(directory)
+        if (directory / "model" / "model.pt").is_file():
+            directory = directory / "model"
+        state, meta = load_checkpoint(directory / "model.pt")
+        if meta.get("format", 0) > MODEL_FORMAT:
+            raise ValueError(f"{directory} was written by a newer medad ({meta.get('medad_version')})")
+        config = RunConfig.model_validate(meta["config"])
+        config.encoder.weights = None  # the saved weights replace any initial weights file
+        if device is not None:
+            config.train.device = device
+        model = cls(config)
+        encoder = build_encoder(config.encoder, in_channels=config.data.channels, image_size=config.data.image_size)
+        encoder.load_state_dict(state["encoder"])
+        model.encoder_ = encoder.to(model.device).eval()
+        for name in meta["scores"]:
+            params = config.detector.params if name == meta["primary"] else {}
+            detector = build_detector(name, params)
+            detector.load_state_dict(state["detectors"][name])
+            model.detectors_[name] = detector.to(model.device).eval()
+        model.threshold_ = meta["threshold"]
+        model.threshold_rule_ = meta["threshold_rule"]
+        model.val_scores_ = meta["val_scores"]
+        model.history_ = meta["history"]
+        model.train_seconds_ = meta["train_seconds"]
+        model.n_train_ = meta["n_train"]
+        model.manifest_sha256_ = meta.get("manifest_sha256", "")
+        return model

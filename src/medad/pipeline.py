@@ -1,0 +1,306 @@
+"""Run-level jobs behind the CLI: train, evaluate, predict and report, each writing a run folder.
+
+A run directory holds::
+
+    config.yaml        resolved config; `medad train --config RUN_DIR/config.yaml` repeats the run
+    manifest.csv       every file used, its role and SHA-256
+    model/             model.pt (tensors, weights_only) + model.json (metadata, threshold)
+    checkpoints/       last.pt + last.json, the resumable training state
+    metrics.json       image (and pixel) metrics of every score, threshold and its rule
+    predictions.npz    the per-image result records the report is drawn from
+    report.html        self-contained report
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medad.config import RunConfig, save_config
+from medad.data.imageset import ImageSet
+from medad.data.loading import load_images, load_splits
+from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
+from medad.evaluation.records import ImageResult, ResultSet
+from medad.model import AnomalyDetector
+from medad.report.figures import save_heatmap_png
+from medad.report.html import render_report
+from medad.train.checkpoint import atomic_write_text
+
+log = logging.getLogger("medad")
+
+
+# -- results and metrics ------------------------------------------------------------------------
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int = 8) -> ResultSet:
+    """Score ``images`` with every fitted score and build one :class:`ImageResult` per image.
+
+    Images, maps and masks are attached to the ``top_k`` most anomalous images and to the
+    ``top_k`` lowest-scoring abnormal ones (the report's galleries); every result gets a 2-D PCA
+    projection of its embedding.
+    """
+    outputs = model.score_all(images)
+    primary = outputs[model.primary]
+    scores = primary.scores.cpu().numpy()
+    labels = images.labels.numpy()
+    shown = set(np.argsort(-scores)[:top_k].tolist())
+    abnormal = np.flatnonzero(labels == 1)
+    shown |= set(abnormal[np.argsort(scores[abnormal])[:top_k]].tolist())
+    projection = _project(model.embed(images).numpy())
+    results = []
+    for i, image_id in enumerate(images.ids):
+        keep = i in shown
+        has_mask = images.has_mask is not None and bool(images.has_mask[i])
+        results.append(
+            ImageResult(
+                id=image_id,
+                score=float(scores[i]),
+                label=None if labels[i] < 0 else int(labels[i]),
+                defect=images.defects[i],
+                scores={name: float(out.scores[i]) for name, out in outputs.items()},
+                anomaly_map=None if primary.maps is None else primary.maps[i].cpu().numpy().astype(np.float32),
+                mask=images.masks[i, 0].numpy() if has_mask else None,
+                prediction=None if model.threshold_ is None else int(scores[i] > model.threshold_),
+                role=role,
+                image=_to_uint8(images.images[i]) if keep else None,
+                projection=projection[i],
+            )
+        )
+    return ResultSet(results)
+
+
+def _project(embeddings: np.ndarray) -> np.ndarray:
+    """2-D PCA of the embeddings (deterministic; zeros when fewer than 3 images)."""
+    if len(embeddings) < 3:
+        return np.zeros((len(embeddings), 2), dtype=np.float32)
+    centred = embeddings - embeddings.mean(0)
+    _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    comps = vt[:2]
+    comps *= np.sign(comps[:, :1] + 1e-12)  # fix the sign so runs agree
+    out = centred @ comps.T
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))).astype(np.float32)
+
+
+def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
+    """metrics.json content: primary image metrics at the label-free threshold, every score's
+    AUROC/AP, pixel AUROC where maps and masks exist, and the run's bookkeeping."""
+    cfg = model.config
+    test = results.with_role("test")
+    metrics: dict[str, Any] = {
+        "method": cfg.method.name,
+        "detector": model.primary,
+        "score_names": list(model.detectors_),
+        "threshold": model.threshold_,
+        "threshold_rule": model.threshold_rule_,
+        "n_train": model.n_train_,
+        "n_val": len(model.val_scores_),
+        "train_seconds": round(model.train_seconds_, 2),
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "seed": cfg.train.seed,
+    }
+    if not test.has_labels():
+        labels = test.labels()
+        metrics.update(n_test_normal=int((labels == 0).sum()), n_test_abnormal=int((labels == 1).sum()))
+        return metrics
+    labels = test.labels()
+    threshold = model.threshold_ if model.threshold_ is not None else float("inf")
+    metrics.update(image_metrics(test.scores(), labels, threshold))
+    if model.threshold_ is None:
+        for key in ("sensitivity", "specificity", "accuracy"):
+            metrics.pop(key, None)
+    metrics["scores"] = {
+        name: {k: v for k, v in image_metrics(test.scores(name), labels, np.inf).items()
+               if k in ("image_auroc", "image_ap")}
+        for name in test.score_names()
+    }
+    with_maps = [r for r in test if r.anomaly_map is not None]
+    if with_maps and any(r.mask is not None for r in with_maps):
+        maps = np.stack([r.anomaly_map for r in with_maps])
+        masks = np.stack([r.mask if r.mask is not None else np.zeros_like(r.anomaly_map, np.uint8) for r in with_maps])
+        metrics["pixel_auroc"] = pixel_auroc(maps, masks)
+    return metrics
+
+
+def labelled_val_block(model: AnomalyDetector, labelled_val: ImageSet, test: ResultSet) -> dict[str, Any]:
+    """The papers' protocol, reported apart: a Youden threshold fitted on a user-provided labelled
+    validation set, then applied to the test scores. Never fitted on the test split."""
+    val_scores = model.decision_function(labelled_val)
+    threshold = youden_threshold(val_scores, labelled_val.labels.numpy())
+    m = image_metrics(test.scores(), test.labels(), threshold)
+    return {
+        "threshold": threshold,
+        "rule": "youden_on_labelled_val",
+        "n_labelled_val": len(labelled_val),
+        **{k: m[k] for k in ("sensitivity", "specificity", "accuracy")},
+    }
+
+
+# -- writing a run folder -----------------------------------------------------------------------
+def write_evaluation(
+    model: AnomalyDetector,
+    test: ImageSet | None,
+    out_dir: Path,
+    *,
+    val: ImageSet | None = None,
+    labelled_val: ImageSet | None = None,
+    dataset: str = "",
+) -> dict[str, Any]:
+    """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top_k = model.config.evaluation.top_k
+    parts = []
+    if test is not None and len(test):
+        parts.append(score_images(model, test, "test", top_k))
+    if val is not None and len(val):
+        parts.append(score_images(model, val, "val", top_k=0))
+    results = ResultSet([r for part in parts for r in part])
+    metrics = summarize(model, results)
+    metrics["dataset"] = dataset
+    if labelled_val is not None and results.with_role("test").has_labels():
+        metrics["labelled_val"] = labelled_val_block(model, labelled_val, results.with_role("test"))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    # Keep maps and masks only where the report shows them; metrics above used them all.
+    for r in results:
+        if r.image is None:
+            r.anomaly_map = r.mask = None
+    results.save(out_dir / "predictions.npz")
+    _render(out_dir, results, metrics, model.history_)
+    return metrics
+
+
+def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict]) -> Path:
+    """(Re-)render ``out_dir/report.html``; the config shown is the run's ``config.yaml`` if present."""
+    config_path = out_dir / "config.yaml"
+    return render_report(
+        results, metrics, out_dir / "report.html",
+        title=f"medad: {metrics.get('method')} + {metrics.get('detector')} on {metrics.get('dataset') or 'data'}",
+        config_yaml=config_path.read_text() if config_path.is_file() else None,
+        history=history,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def fingerprint(config: RunConfig, manifest_digest: str) -> str:
+    """Hash of what defines the trained weights (not progress bars, devices or thread counts)."""
+    data = config.model_dump(mode="json")
+    for key in ("progress", "device", "threads", "checkpoint_every"):
+        data["train"].pop(key, None)
+    data.pop("evaluation", None)
+    blob = json.dumps({"config": data, "manifest": manifest_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and report: the job behind ``medad train``. Returns the metrics."""
+    if config.data.path is None:
+        raise ValueError("no data: pass --data PATH or set data.path in the config")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(config.data, seed=config.train.seed)
+    for bad_id, reason in splits.skipped:
+        log.warning("skipped %s: %s", bad_id, reason)
+    splits.manifest.write_csv(run_dir / "manifest.csv")
+    save_config(config, run_dir / "config.yaml")
+    digest = splits.manifest.digest()
+    log.info("data: %d train, %d val, %d test images", len(splits.train), len(splits.val),
+             0 if splits.test is None else len(splits.test))
+    model = AnomalyDetector(config)
+    model.fit(
+        splits.train, splits.val,
+        checkpoint_path=run_dir / "checkpoints" / "last.pt",
+        resume=resume,
+        fingerprint=fingerprint(config, digest),
+    )
+    model.manifest_sha256_ = digest
+    model.save(run_dir / "model")
+    return write_evaluation(
+        model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
+        dataset=Path(config.data.path).name,
+    )
+
+
+def evaluate_run(model_dir: str | Path, data: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path]:
+    """Score the test split of ``data`` with a saved model: the job behind ``medad evaluate``."""
+    model = AnomalyDetector.load(model_dir)
+    data_cfg = model.config.data.model_copy(update={"path": str(data), "unlabeled": None})
+    splits = load_splits(data_cfg, seed=model.config.train.seed)
+    if splits.test is None or not len(splits.test):
+        raise ValueError(f"{data} has no test split (expected test/good and test/<defect> folders)")
+    out = Path(out_dir) if out_dir else _run_dir_of(model_dir) / "eval" / Path(data).name
+    metrics = write_evaluation(model, splits.test, out, labelled_val=splits.labelled_val, dataset=Path(data).name)
+    return metrics, out
+
+
+def _run_dir_of(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    return path.parent if path.name == "model" else path
+
+
+def predict_run(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path) -> Path:
+    """Score image files/folders: ``scores.csv`` plus a heatmap PNG per image for spatial scores."""
+    model = AnomalyDetector.load(model_dir)
+    cfg = model.config.data
+    images = load_images(inputs, image_size=cfg.image_size, channels=cfg.channels,
+                         nifti_slices=cfg.nifti_slices, on_error=cfg.on_error)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = model.score_all(images)
+    primary = outputs[model.primary]
+    scores = primary.scores.cpu().numpy()
+    rows = []
+    for i, image_id in enumerate(images.ids):
+        label = "" if model.threshold_ is None else int(scores[i] > model.threshold_)
+        rows.append([image_id, f"{scores[i]:.6g}", label, *(f"{o.scores[i]:.6g}" for o in outputs.values())])
+    lines = [["path", "score", "label", *outputs]] + rows
+    with open(out / "scores.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(lines)
+    if primary.maps is not None:
+        maps = primary.maps.cpu().numpy()
+        lo, hi = float(np.min(maps)), float(np.max(maps))
+        heat = out / "heatmaps"
+        heat.mkdir(exist_ok=True)
+        for i, image_id in enumerate(images.ids):
+            name = Path(image_id.split("#")[0]).stem + (f"_{i:05d}" if "#" in image_id else "")
+            save_heatmap_png(_to_uint8(images.images[i]), maps[i], heat / f"{name}.png", lo, hi)
+    return out / "scores.csv"
+
+
+def report_run(run_dir: str | Path) -> Path:
+    """Re-render ``report.html`` from a run's saved predictions: the job behind ``medad report``."""
+    run_dir = Path(run_dir)
+    missing = [n for n in ("predictions.npz", "metrics.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} has no {', '.join(missing)}: run `medad train` or `medad evaluate` first")
+    results = ResultSet.load(run_dir / "predictions.npz")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model_dir = _find_model_dir(run_dir)
+    history = json.loads((model_dir / "model.json").read_text()).get("history", []) if model_dir else []
+    return _render(run_dir, results, metrics, history)
+
+
+def _find_model_dir(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / "model", run_dir.parent.parent / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return None

@@ -1,0 +1,217 @@
+"""The one training loop: batching, optimiser, schedule, progress, atomic checkpoints, resume.
+
+Every pre-training method goes through :func:`train_method`; a method only supplies
+``training_loss``. Distributed training (``torchrun`` + DistributedDataParallel) slots in here:
+batches are already drawn from a per-epoch seeded permutation that can be sharded by rank, and
+only this module touches the optimiser and the checkpoint files.
+
+>>> import torch
+>>> from medad.config import TrainConfig
+>>> from medad.methods.base import PretrainMethod
+>>> class Toy(PretrainMethod):
+...     name = "toy"
+...     def training_loss(self, images):
+...         return {"loss": self.encoder(images.flatten(1)).pow(2).mean()}
+>>> history = train_method(Toy(torch.nn.Linear(4, 2)), torch.rand(8, 1, 2, 2),
+...                        None, TrainConfig(epochs=2, batch_size=4, progress=False))
+>>> [h["epoch"] for h in history]
+[1, 2]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from medad.config import TrainConfig
+from medad.methods.base import PretrainMethod
+from medad.train.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger("medad.train")
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) with the configured learning rate and weight decay."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay over all epochs (stepped once per epoch), or a constant rate."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
+    """Index batches of one epoch: a permutation seeded by (seed, epoch), sharded by rank.
+
+    The last incomplete batch is dropped when there is more than one batch, because BatchNorm
+    and contrastive losses need at least two images per batch.
+
+    >>> [b.tolist() for b in epoch_batches(5, 2, seed=0, epoch=1)] == [b.tolist() for b in epoch_batches(5, 2, 0, 1)]
+    True
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)[rank::world]
+    batches = list(perm.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not (enabled and sys.stderr.isatty()),
+        transient=True,
+    )
+
+
+@torch.no_grad()
+def _validation_loss(method: PretrainMethod, images: Tensor, cfg: TrainConfig, device: torch.device) -> float:
+    """Mean loss on validation normals with a fixed augmentation seed, leaving the training RNG intact."""
+    method.eval()
+    total, count = 0.0, 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed + 7)
+        for idx in epoch_batches(len(images), cfg.batch_size, cfg.seed, 0):
+            x = images[idx].to(device, non_blocking=True)
+            total += float(method.training_loss(x)["loss"]) * len(idx)
+            count += len(idx)
+    method.train()
+    return total / max(count, 1)
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train_method(
+    method: PretrainMethod,
+    train_images: Tensor,
+    val_images: Tensor | None,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+) -> list[dict[str, Any]]:
+    """Train ``method`` on ``train_images`` for ``cfg.epochs`` epochs; return the per-epoch history.
+
+    With ``checkpoint_path`` a resumable checkpoint (weights, optimiser, schedule, RNG state,
+    history) is written atomically every ``cfg.checkpoint_every`` epochs and at the end.
+    ``resume=True`` continues from it; ``fingerprint`` (e.g. a hash of the config and data
+    manifest) must match the checkpoint's, so a run is never resumed with other settings.
+    """
+    device = torch.device(device)
+    if len(train_images) < 2:
+        raise ValueError(f"training needs at least 2 images, got {len(train_images)}")
+    method.to(device).train()
+    optimizer = build_optimizer(method.parameters(), cfg)
+    schedule = build_schedule(optimizer, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state, meta = load_checkpoint(ckpt, map_location=device)
+        if meta.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"cannot resume from {ckpt}: it was written for another config or dataset "
+                f"(fingerprint {meta.get('fingerprint')!r} != {fingerprint!r}); start a new run directory"
+            )
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_state(state["rng"], device)
+        history = meta["history"]
+        start_epoch = int(meta["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", ckpt, start_epoch)
+    elif resume:
+        log.info("no checkpoint at %s: starting from scratch", ckpt)
+
+    def save(epoch: int) -> None:
+        if ckpt is None:
+            return
+        state = {
+            "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": _rng_state(device),
+        }
+        save_checkpoint(ckpt, state, {"epoch": epoch, "history": history, "fingerprint": fingerprint})
+
+    batch_size = min(cfg.batch_size, len(train_images))
+    with _progress(cfg.progress) as progress:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch)
+            task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(batches), info="")
+            t0, loss_sum, seen, extras = time.perf_counter(), 0.0, 0, {}
+            for idx in batches:
+                x = train_images[idx].to(device, non_blocking=True)
+                terms = method.training_loss(x)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at epoch {epoch}; lower the learning rate "
+                        f"(train.lr={cfg.lr}) or check the input images"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(idx)
+                seen += len(idx)
+                for key, value in terms.items():
+                    if key != "loss":
+                        extras[key] = extras.get(key, 0.0) + float(value.detach()) * len(idx)
+                progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
+            schedule.step()
+            progress.remove_task(task)
+            seconds = time.perf_counter() - t0
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": loss_sum / max(seen, 1),
+                "seconds": seconds,
+                "images_per_second": seen / seconds if seconds > 0 else math.nan,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: v / max(seen, 1) for k, v in extras.items()},
+            }
+            if val_images is not None and len(val_images) >= 2:
+                record["val_loss"] = _validation_loss(method, val_images, cfg, device)
+            history.append(record)
+            log.info(
+                "epoch %d/%d  loss %.4f%s  %.1f img/s",
+                epoch,
+                cfg.epochs,
+                record["loss"],
+                f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
+                record["images_per_second"],
+            )
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                save(epoch)
+    method.eval()
+    return history

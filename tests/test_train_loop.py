@@ -1,0 +1,136 @@
+"""The training loop: determinism, atomic checkpoints, resume and clear failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medad.config import TrainConfig
+from medad.methods.base import PretrainMethod
+from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.loop import epoch_batches, train_method
+
+
+class NoisyRegression(PretrainMethod):
+    """A tiny method whose loss uses the global RNG, like augmentation-based methods do."""
+
+    name = "noisy"
+
+    def training_loss(self, images):
+        x = images.flatten(1)
+        noise = 0.1 * torch.randn_like(x)
+        return {"loss": (self.encoder(x + noise) - x.sum(1, keepdim=True)).pow(2).mean()}
+
+
+def _method(seed: int = 0) -> NoisyRegression:
+    torch.manual_seed(seed)
+    return NoisyRegression(torch.nn.Linear(4, 1))
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 4, "batch_size": 4, "lr": 0.05, "progress": False, **kw})
+
+
+def test_loss_decreases_and_history_is_recorded():
+    torch.manual_seed(1)
+    data, val = torch.rand(16, 1, 2, 2), torch.rand(8, 1, 2, 2)
+    history = train_method(_method(), data, val, _cfg(epochs=6))
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all("val_loss" in h and h["images_per_second"] > 0 for h in history)
+
+
+def test_same_seed_same_weights():
+    data = torch.rand(16, 1, 2, 2)
+    a, b = _method(), _method()
+    torch.manual_seed(3)
+    train_method(a, data, None, _cfg())
+    torch.manual_seed(3)
+    train_method(b, data, None, _cfg())
+    assert torch.equal(a.encoder.weight, b.encoder.weight)
+
+
+class Interrupted(NoisyRegression):
+    """Raises KeyboardInterrupt on its ``stop_after``-th batch, like a user pressing Ctrl-C."""
+
+    def __init__(self, encoder, stop_after: int):
+        super().__init__(encoder)
+        self.calls, self.stop_after = 0, stop_after
+
+    def training_loss(self, images):
+        self.calls += 1
+        if self.calls == self.stop_after:
+            raise KeyboardInterrupt
+        return super().training_loss(images)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    data = torch.rand(16, 1, 2, 2)
+    straight = _method()
+    torch.manual_seed(5)
+    train_method(straight, data, None, _cfg())
+
+    torch.manual_seed(0)
+    interrupted = Interrupted(torch.nn.Linear(4, 1), stop_after=10)  # 4 batches/epoch: dies in epoch 3
+    torch.manual_seed(5)
+    ckpt = tmp_path / "last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_method(interrupted, data, None, _cfg(), checkpoint_path=ckpt, fingerprint="f")
+    assert load_checkpoint(ckpt)[1]["epoch"] == 2
+    resumed = _method(seed=99)  # fresh weights: everything must come from the checkpoint
+    torch.manual_seed(1234)  # and the RNG state too
+    history = train_method(resumed, data, None, _cfg(), checkpoint_path=ckpt, resume=True, fingerprint="f")
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert torch.equal(resumed.encoder.weight, straight.encoder.weight)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    data = torch.rand(8, 1, 2, 2)
+    ckpt = tmp_path / "last.pt"
+    train_method(_method(), data, None, _cfg(epochs=1), checkpoint_path=ckpt, fingerprint="a")
+    with pytest.raises(ValueError, match="another config"):
+        train_method(_method(), data, None, _cfg(), checkpoint_path=ckpt, resume=True, fingerprint="b")
+
+
+def test_non_finite_loss_is_a_clear_error():
+    data = torch.rand(8, 1, 2, 2)
+    data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        train_method(_method(), data, None, _cfg(epochs=1, batch_size=8))
+
+
+def test_too_few_images():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        train_method(_method(), torch.rand(1, 1, 2, 2), None, _cfg())
+
+
+def test_epoch_batches_drop_a_short_last_batch_and_shard():
+    batches = epoch_batches(10, 4, seed=0, epoch=1)
+    assert [len(b) for b in batches] == [4, 4]
+    shards = [torch.cat(epoch_batches(10, 5, 0, 1, rank=r, world=2)) for r in range(2)]
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"w": torch.arange(3.0)}, {"epoch": 1})
+    save_checkpoint(path, {"w": torch.arange(4.0)}, {"epoch": 2})
+    state, meta = load_checkpoint(path)
+    assert state["w"].tolist() == [0.0, 1.0, 2.0, 3.0] and meta == {"epoch": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.pt"]  # no temp files left
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": object()}, path)  # a pickled arbitrary object
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_checkpoint(path)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"not a checkpoint")
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(path)
