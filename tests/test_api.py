@@ -1,0 +1,63 @@
+"""The scikit-learn / PyOD-style Python API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medad import AnomalyDetector, NotFittedError
+from medad.config import RunConfig
+from medad.data.synthetic import make_phantoms
+
+CFG = RunConfig.model_validate(
+    {
+        "data": {"image_size": 32, "val_fraction": 0.25},
+        "encoder": {"width": 8},
+        "train": {"epochs": 1, "batch_size": 8, "progress": False},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    normals, _ = make_phantoms(24, 32, seed=0)
+    return AnomalyDetector(CFG, detector="nnd").fit(normals)
+
+
+def test_scores_predictions_and_threshold(fitted):
+    test, _ = make_phantoms(6, 32, seed=1, lesion=True)
+    scores = fitted.decision_function(test)
+    assert scores.shape == (6,) and np.isfinite(scores).all()
+    assert np.array_equal(fitted.score(test), scores)
+    assert set(fitted.predict(test)) <= {0, 1}
+    assert fitted.threshold_ is not None and fitted.threshold_rule_ == "val_normal_q0.95"
+    assert list(fitted.score_all(test)) == ["nnd", "mahalanobis", "lh"]
+
+
+def test_accepts_uint8_arrays_and_other_sizes(fitted):
+    test, _ = make_phantoms(3, 48, seed=2)
+    as_uint8 = (test[:, 0].numpy() * 255).round().astype(np.uint8)  # [N, H, W] uint8, 48 px
+    assert fitted.decision_function(as_uint8).shape == (3,)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    test, _ = make_phantoms(4, 32, seed=3, lesion=True)
+    fitted.save(tmp_path / "m")
+    loaded = AnomalyDetector.load(tmp_path / "m")
+    assert loaded.threshold_ == fitted.threshold_
+    for name, out in fitted.score_all(test).items():
+        assert torch.allclose(loaded.score_all(test)[name].scores, out.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_unfitted_and_bad_input_errors(fitted):
+    with pytest.raises(NotFittedError):
+        AnomalyDetector(CFG).decision_function(torch.rand(2, 1, 32, 32))
+    bad = torch.rand(2, 1, 32, 32)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.decision_function(bad)
+    with pytest.raises(ValueError, match="no anomaly maps"):
+        fitted.anomaly_map(torch.rand(2, 1, 32, 32))
+    with pytest.raises(TypeError, match="unknown option"):
+        AnomalyDetector(CFG, epoch=3)

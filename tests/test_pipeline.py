@@ -1,0 +1,116 @@
+"""End to end on a tiny synthetic folder: train -> run files -> evaluate/predict/report agree."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medad.config import RunConfig, load_config
+from medad.data.synthetic import write_phantom_dataset
+from medad.evaluation.records import ResultSet
+from medad.pipeline import evaluate_run, predict_run, report_run, train_run
+
+TINY = {
+    "data": {"image_size": 32, "channels": 1, "val_fraction": 0.2},
+    "encoder": {"width": 8},
+    "train": {"epochs": 1, "batch_size": 8, "progress": False, "seed": 3},
+    "evaluation": {"top_k": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root, n_train=24, n_test_normal=6, n_test_abnormal=6, size=32, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    cfg = RunConfig.model_validate({**TINY, "data": {**TINY["data"], "path": str(dataset)}})
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = train_run(cfg, run_dir)
+    return cfg, run_dir, metrics
+
+
+def test_run_writes_every_file(run):
+    _, run_dir, metrics = run
+    for name in ("config.yaml", "manifest.csv", "metrics.json", "predictions.npz", "report.html",
+                 "model/model.pt", "model/model.json", "checkpoints/last.pt", "checkpoints/last.json"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("image_auroc", "image_ap", "sensitivity", "specificity", "accuracy", "threshold",
+                "threshold_rule", "n_train", "n_test_normal", "n_test_abnormal", "train_seconds",
+                "method", "detector", "scores"):
+        assert key in saved, key
+    assert saved["n_test_normal"] == 6 and saved["n_test_abnormal"] == 6
+    assert saved["threshold_rule"].startswith("val_normal")
+    assert set(saved["scores"]) == {"mahalanobis", "nnd", "lh"}
+    assert 0.0 <= saved["image_auroc"] <= 1.0
+
+
+def test_manifest_roles_never_mix_validation_and_test(run):
+    _, run_dir, _ = run
+    with open(run_dir / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    roles = {r["role"] for r in rows}
+    assert {"train", "val", "test-normal", "test-abnormal"} <= roles
+    val_ids = {r["id"] for r in rows if r["role"] == "val"}
+    assert val_ids and all("train" in i for i in val_ids)
+
+
+def test_saved_config_reproduces_the_run(run, tmp_path):
+    cfg, run_dir, metrics = run
+    again = load_config(run_dir / "config.yaml")
+    assert again == cfg
+    metrics2 = train_run(again, tmp_path / "again")
+    for key in ("image_auroc", "image_ap", "threshold", "sensitivity", "specificity"):
+        assert metrics2[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-6), key
+
+
+def test_predict_and_evaluate_reproduce_training_scores(run, dataset, tmp_path):
+    _, run_dir, metrics = run
+    trained = {r.id: r.score for r in ResultSet.load(run_dir / "predictions.npz").with_role("test")}
+    scores_csv = predict_run(run_dir, [dataset / "test" / "good", dataset / "test" / "lesion"], tmp_path / "pred")
+    with open(scores_csv) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {"path", "score", "label"} <= set(rows[0])
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(trained[row["path"]], rel=1e-4, abs=1e-5)
+        assert row["label"] in ("0", "1")
+    evaluated, out = evaluate_run(run_dir, dataset)
+    assert evaluated["image_auroc"] == pytest.approx(metrics["image_auroc"])
+    assert (out / "report.html").is_file()
+
+
+def test_report_rerenders_from_saved_predictions(run):
+    _, run_dir, _ = run
+    report = run_dir / "report.html"
+    report.unlink()
+    assert report_run(run_dir) == report and report.stat().st_size > 1000
+
+
+def test_resume_of_a_finished_run_changes_nothing(run, tmp_path):
+    cfg, run_dir, metrics = run
+    again = train_run(cfg, run_dir, resume=True)
+    assert again["image_auroc"] == pytest.approx(metrics["image_auroc"])
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no data"):
+        train_run(RunConfig(), tmp_path)
+    bad = RunConfig.model_validate({"data": {"path": str(tmp_path / "nowhere")}})
+    with pytest.raises(Exception, match="nowhere"):
+        train_run(bad, tmp_path / "run")
+
+
+def test_predictions_file_keeps_gallery_images_only(run):
+    _, run_dir, _ = run
+    results = ResultSet.load(run_dir / "predictions.npz")
+    shown = [r for r in results if r.image is not None]
+    assert 0 < len(shown) <= 8
+    assert all(r.projection is not None and r.projection.shape == (2,) for r in results)
+    assert np.isfinite(results.scores()).all()
