@@ -29,7 +29,7 @@ from medad.data.loading import load_images, load_splits
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.model import AnomalyDetector
-from medad.report.figures import save_heatmap_png
+from medad.report.figures import map_range, save_heatmap_png
 from medad.report.html import render_report
 from medad.train.checkpoint import atomic_write_text
 
@@ -94,7 +94,8 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
     """metrics.json content: primary image metrics at the label-free threshold, every score's
     AUROC/AP, pixel AUROC where maps and masks exist, and the run's bookkeeping."""
     cfg = model.config
-    test = results.with_role("test")
+    test = ResultSet([r for r in results.with_role("test") if r.label is not None])
+    labels = test.labels()
     metrics: dict[str, Any] = {
         "method": cfg.method.name,
         "detector": model.primary,
@@ -103,31 +104,29 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         "threshold_rule": model.threshold_rule_,
         "n_train": model.n_train_,
         "n_val": len(model.val_scores_),
+        "n_test_normal": int((labels == 0).sum()),
+        "n_test_abnormal": int((labels == 1).sum()),
         "train_seconds": round(model.train_seconds_, 2),
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,
         "seed": cfg.train.seed,
     }
     if not test.has_labels():
-        labels = test.labels()
-        metrics.update(n_test_normal=int((labels == 0).sum()), n_test_abnormal=int((labels == 1).sum()))
         return metrics
-    labels = test.labels()
-    threshold = model.threshold_ if model.threshold_ is not None else float("inf")
-    metrics.update(image_metrics(test.scores(), labels, threshold))
+    metrics.update(image_metrics(test.scores(), labels, model.threshold_ if model.threshold_ is not None else np.inf))
     if model.threshold_ is None:
         for key in ("sensitivity", "specificity", "accuracy"):
-            metrics.pop(key, None)
+            metrics.pop(key)
     metrics["scores"] = {
         name: {k: v for k, v in image_metrics(test.scores(name), labels, np.inf).items()
                if k in ("image_auroc", "image_ap")}
         for name in test.score_names()
     }
     with_maps = [r for r in test if r.anomaly_map is not None]
-    if with_maps and any(r.mask is not None for r in with_maps):
-        maps = np.stack([r.anomaly_map for r in with_maps])
-        masks = np.stack([r.mask if r.mask is not None else np.zeros_like(r.anomaly_map, np.uint8) for r in with_maps])
-        metrics["pixel_auroc"] = pixel_auroc(maps, masks)
+    if any(r.mask is not None for r in with_maps):
+        metrics["pixel_auroc"] = pixel_auroc(
+            [r.anomaly_map for r in with_maps], [r.mask for r in with_maps], labels=[r.label for r in with_maps]
+        )
     return metrics
 
 
@@ -174,11 +173,11 @@ def write_evaluation(
         if r.image is None:
             r.anomaly_map = r.mask = None
     results.save(out_dir / "predictions.npz")
-    _render(out_dir, results, metrics, model.history_)
+    _render(out_dir, results, metrics, model.history_, top_k)
     return metrics
 
 
-def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict]) -> Path:
+def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict], top_k: int) -> Path:
     """(Re-)render ``out_dir/report.html``; the config shown is the run's ``config.yaml`` if present."""
     config_path = out_dir / "config.yaml"
     return render_report(
@@ -186,6 +185,7 @@ def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict
         title=f"medad: {metrics.get('method')} + {metrics.get('detector')} on {metrics.get('dataset') or 'data'}",
         config_yaml=config_path.read_text() if config_path.is_file() else None,
         history=history,
+        top_k=top_k,
     )
 
 
@@ -277,7 +277,7 @@ def predict_run(model_dir: str | Path, inputs: list[str | Path], out_dir: str | 
         csv.writer(fh).writerows(lines)
     if primary.maps is not None:
         maps = primary.maps.cpu().numpy()
-        lo, hi = float(np.min(maps)), float(np.max(maps))
+        lo, hi = map_range([ImageResult(id="", score=0.0, anomaly_map=m) for m in maps])
         heat = out / "heatmaps"
         heat.mkdir(exist_ok=True)
         for i, image_id in enumerate(images.ids):
@@ -295,8 +295,9 @@ def report_run(run_dir: str | Path) -> Path:
     results = ResultSet.load(run_dir / "predictions.npz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model_dir = _find_model_dir(run_dir)
-    history = json.loads((model_dir / "model.json").read_text()).get("history", []) if model_dir else []
-    return _render(run_dir, results, metrics, history)
+    meta = json.loads((model_dir / "model.json").read_text()) if model_dir else {}
+    top_k = meta.get("config", {}).get("evaluation", {}).get("top_k", 8)
+    return _render(run_dir, results, metrics, meta.get("history", []), top_k)
 
 
 def _find_model_dir(run_dir: Path) -> Path | None:

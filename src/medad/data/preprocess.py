@@ -1,0 +1,62 @@
+"""Bring decoded arrays to one square tensor layout.
+
+Every image is resized to ``image_size x image_size`` **without keeping its aspect ratio** (a plain
+square resize, as the MedIAnomaly and anomalib defaults do); images are bilinear with antialiasing,
+masks nearest-neighbour (``nearest-exact``: pixel-centre aligned like the bilinear resize with
+``align_corners=False``).
+
+>>> import numpy as np
+>>> to_tensor_batch([np.ones((1, 20, 10), np.float32)], 8).shape
+torch.Size([1, 1, 8, 8])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medad.data.readers import ImageReadError
+
+
+def to_tensor_batch(arrays: Sequence[np.ndarray], image_size: int) -> Tensor:
+    """Float ``[C, H, W]`` arrays (any sizes, same C) -> float32 ``[N, C, S, S]`` in [0, 1]."""
+    if not arrays:
+        raise ValueError("no images to convert")
+    channels = {a.shape[0] for a in arrays}
+    if len(channels) != 1:
+        raise ValueError(f"images have different channel counts {sorted(channels)}")
+    out = torch.empty(len(arrays), channels.pop(), image_size, image_size)
+    for i, array in enumerate(arrays):
+        image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+        if image.shape[-2:] != (image_size, image_size):
+            image = F.interpolate(
+                image, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            )
+        out[i] = image[0]
+    return out.clamp_(0.0, 1.0)
+
+
+def resize_masks(masks: Sequence[np.ndarray], image_size: int) -> Tensor:
+    """Binary ``[H, W]`` masks (any sizes) -> uint8 ``[N, 1, S, S]`` by nearest-neighbour resizing.
+
+    >>> import numpy as np
+    >>> resize_masks([np.eye(4, dtype=np.uint8)], 8)[0, 0, :2, :4].tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0]]
+    """
+    out = torch.zeros(len(masks), 1, image_size, image_size, dtype=torch.uint8)
+    for i, mask in enumerate(masks):
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        out[i] = F.interpolate(m, size=(image_size, image_size), mode="nearest-exact")[0].round().to(torch.uint8)
+    return out
+
+
+def check_mask_shape(image_id: str, image_shape: tuple[int, ...], mask_id: str, mask_shape: tuple[int, ...]) -> None:
+    """Raise :class:`ImageReadError` unless the mask has its image's original ``(H, W)``."""
+    if tuple(image_shape[-2:]) != tuple(mask_shape[-2:]):
+        h, w = image_shape[-2:]
+        mh, mw = mask_shape[-2:]
+        raise ImageReadError(image_id, f"its mask {mask_id} is {mh}x{mw} pixels but the image is {h}x{w}")

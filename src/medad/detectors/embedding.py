@@ -1,0 +1,136 @@
+"""Scores on the pooled encoder embedding, with per-view statistics for test-time augmentation.
+
+CON2 compares a test view ``g(t(x))`` with the training set seen through the *same* transform
+``t`` (``g(t(x'))`` in eqs. 12 and 15) and averages the per-view scores (eq. 16). An
+:class:`EmbeddingDetector` therefore embeds the training set under every view ``t_0 .. t_A``
+(``t_0`` = identity, ``A = params.tta``, see :mod:`medad.augment.tta`), fits one set of statistics
+per view (buffers with a leading view dimension), scores each test view against the statistics
+of that view and returns the mean over views. With ``tta = 0`` this is the plain score.
+
+Each view's embeddings are computed once per (encoder, images, view, tta_seed) and kept in the
+caller's ``cache``, so e.g. Mahalanobis, S_NND and S_LH share one forward pass per view (and the
+identity view is shared whatever the TTA settings).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from medad.augment.tta import tta_view
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+
+
+class EmbeddingParams(DetectorParams):
+    """Parameters shared by all embedding detectors."""
+
+    batch_size: int = Field(128, ge=1, description="images per encoder forward pass")
+    tta: int = Field(0, ge=0, description="test-time augmentation views beyond the identity (CON2 eq. 16)")
+    tta_seed: int = Field(0, description="seed of the test-time augmentation parameters")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+@torch.no_grad()
+def embed_view(images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size: int) -> Tensor:
+    """Embeddings ``[N, D]`` (float32, CPU) of TTA view ``k`` of ``images [N, C, H, W]``.
+
+    The encoder runs in eval mode on its own device; its previous train/eval mode is restored.
+
+    >>> tuple(embed_view(torch.rand(5, 1, 4, 4), nn.Flatten(), k=1, seed=0, batch_size=2).shape)
+    (5, 16)
+    """
+    if len(images) == 0:
+        raise ValueError("no images to embed")
+    device, was_training = _device_of(encoder), encoder.training
+    encoder.eval()
+    try:
+        parts = []
+        for batch in images.split(batch_size):
+            out = encoder(tta_view(batch.to(device), k, seed))
+            if out.ndim != 2:
+                raise ValueError(f"the encoder must return pooled embeddings [N, D], got shape {tuple(out.shape)}")
+            parts.append(out.float().cpu())
+    finally:
+        encoder.train(was_training)
+    z = torch.cat(parts)
+    bad = int((~torch.isfinite(z)).any(-1).sum())
+    if bad:
+        raise ValueError(f"the encoder produced NaN/Inf embeddings for {bad} of {len(z)} images")
+    return z
+
+
+class EmbeddingDetector(Detector):
+    """Base class of detectors on pooled embeddings; subclasses list their fitted buffers in
+    ``statistics`` and implement :meth:`_fit` and :meth:`_score` on ``[views, N, D]`` embeddings.
+    """
+
+    Params: ClassVar[type[DetectorParams]] = EmbeddingParams
+    statistics: ClassVar[tuple[str, ...]]
+    params: EmbeddingParams
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        for name in self.statistics:
+            self.register_buffer(name, torch.empty(0))
+
+    @abstractmethod
+    def _fit(self, z: Tensor) -> dict[str, Tensor]:
+        """Statistics ``{name: [views, ...]}`` of training embeddings ``z [views, N, D]``."""
+
+    @abstractmethod
+    def _score(self, z: Tensor) -> Tensor:
+        """Per-view scores ``[views, N]`` of embeddings ``z [views, N, D]`` (view ``v`` against
+        the statistics of view ``v``)."""
+
+    def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> EmbeddingDetector:
+        """Fit one set of statistics per TTA view of the normal training ``images``."""
+        for name, value in self._fit(self._embed(images, encoder, cache)).items():
+            setattr(self, name, value.to(getattr(self, name).device))
+        return self
+
+    def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:
+        """Mean over TTA views of the per-view scores (CON2 eq. 16), float64 on CPU."""
+        fitted = getattr(self, self.statistics[0])
+        if fitted.numel() == 0:
+            raise RuntimeError(f"detector {self.name!r} is not fitted: call fit() or load_state_dict() first")
+        if fitted.shape[0] != self.params.tta + 1:
+            raise ValueError(
+                f"detector {self.name!r} was fitted with {fitted.shape[0]} views but params.tta="
+                f"{self.params.tta} asks for {self.params.tta + 1}"
+            )
+        z = self._embed(images, encoder, cache).to(fitted.device)
+        return DetectorOutput(scores=self._score(z).mean(0).to("cpu", torch.float64))
+
+    def _embed(self, images: Tensor, encoder: nn.Module | None, cache: dict | None) -> Tensor:
+        """Embeddings ``[views, N, D]``; each view is taken from / stored in ``cache``."""
+        if encoder is None:
+            raise ValueError(f"detector {self.name!r} needs the encoder")
+        cache = {} if cache is None else cache
+        p = self.params
+        views = []
+        for k in range(p.tta + 1):
+            # view 0 (identity) does not depend on the seed, so detectors without TTA share it
+            key = ("embedding", id(encoder), id(images), k, p.tta_seed if k else None)
+            if key not in cache:
+                # keeping encoder and images alive guarantees their ids are not reused by other objects
+                cache[key] = (encoder, images, embed_view(images, encoder, k, p.tta_seed, p.batch_size))
+            views.append(cache[key][-1])
+        return torch.stack(views)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        # the statistics' shapes are only known after fitting: take them from the loaded state
+        for name in self.statistics:
+            if prefix + name in state_dict:
+                current = getattr(self, name)
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args)

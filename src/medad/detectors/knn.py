@@ -1,0 +1,57 @@
+"""S_NND: negative cosine similarity to the nearest normal training embedding (CON2 eq. 12).
+
+>>> import torch
+>>> from torch import nn
+>>> normals = torch.rand(20, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+>>> det = NearestNeighbourDetector().fit(normals, nn.Flatten())
+>>> round(float(det.score(normals[:1], nn.Flatten()).scores[0]), 5)  # its own nearest neighbour
+-1.0
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from medad.detectors.base import DetectorParams
+from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
+
+# similarities held in memory at once while scoring: views x query chunk x training images
+_CHUNK_ELEMENTS = 1 << 24
+
+
+class NearestNeighbourParams(EmbeddingParams):
+    k: int = Field(1, ge=1, description="average the k largest similarities (k = 1: CON2 eq. 12)")
+
+
+class NearestNeighbourDetector(EmbeddingDetector):
+    """``-max_x' cos(g(t(x)), g(t(x')))`` over the training images ``x'`` seen through the same view
+    ``t`` (CON2 eq. 12); the L2-normalised training embeddings of every view are stored.
+
+    With ``k > 1`` the score is minus the mean of the ``k`` largest similarities, the usual kNN
+    extension of the nearest-neighbour distance.
+    """
+
+    name: ClassVar[str] = "nnd"
+    Params: ClassVar[type[DetectorParams]] = NearestNeighbourParams
+    params: NearestNeighbourParams
+    statistics = ("bank",)
+
+    def _fit(self, z: Tensor) -> dict[str, Tensor]:
+        if z.shape[1] < self.params.k:
+            raise ValueError(f"k={self.params.k} nearest neighbours need at least k training images, got {z.shape[1]}")
+        return {"bank": F.normalize(z, dim=-1)}
+
+    def _score(self, z: Tensor) -> Tensor:
+        views, n_bank = self.bank.shape[:2]
+        query = F.normalize(z.to(self.bank.dtype), dim=-1)
+        chunk = max(1, _CHUNK_ELEMENTS // (views * n_bank))
+        scores = [
+            -(part @ self.bank.transpose(1, 2)).topk(self.params.k, dim=-1).values.mean(-1)
+            for part in query.split(chunk, dim=1)
+        ]
+        return torch.cat(scores, dim=1)
