@@ -114,3 +114,17 @@ def test_predictions_file_keeps_gallery_images_only(run):
     assert 0 < len(shown) <= 8
     assert all(r.projection is not None and r.projection.shape == (2,) for r in results)
     assert np.isfinite(results.scores()).all()
+
+
+def test_evaluate_needs_only_a_test_folder(run, dataset, tmp_path):
+    import shutil
+
+    _, run_dir, metrics = run
+    only_test = tmp_path / "only_test"
+    shutil.copytree(dataset / "test", only_test / "test")
+    shutil.copytree(dataset / "ground_truth", only_test / "ground_truth")
+    evaluated, out = evaluate_run(run_dir, only_test, tmp_path / "eval")
+    assert out == tmp_path / "eval"
+    assert evaluated["image_auroc"] == pytest.approx(metrics["image_auroc"])
+    with pytest.raises(ValueError, match="no test/ folder"):
+        evaluate_run(run_dir, tmp_path / "eval")

@@ -25,7 +25,7 @@ import torch
 
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
-from medad.data.loading import load_images, load_splits
+from medad.data.loading import load_images, load_splits, load_test_split
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.model import AnomalyDetector
@@ -243,12 +243,10 @@ def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -
 def evaluate_run(model_dir: str | Path, data: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path]:
     """Score the test split of ``data`` with a saved model: the job behind ``medad evaluate``."""
     model = AnomalyDetector.load(model_dir)
-    data_cfg = model.config.data.model_copy(update={"path": str(data), "unlabeled": None})
-    splits = load_splits(data_cfg, seed=model.config.train.seed)
-    if splits.test is None or not len(splits.test):
-        raise ValueError(f"{data} has no test split (expected test/good and test/<defect> folders)")
+    data_cfg = model.config.data.model_copy(update={"path": str(data), "unlabeled": None, "labelled_val": None})
+    test = load_test_split(data_cfg)
     out = Path(out_dir) if out_dir else _run_dir_of(model_dir) / "eval" / Path(data).name
-    metrics = write_evaluation(model, splits.test, out, labelled_val=splits.labelled_val, dataset=Path(data).name)
+    metrics = write_evaluation(model, test, out, dataset=Path(data).name)
     return metrics, out
 
 

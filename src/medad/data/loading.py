@@ -115,6 +115,25 @@ def load_splits(cfg: DataConfig, seed: int) -> DatasetSplits:
     return DatasetSplits(train, val, test, unlabeled, labelled_val, manifest, skipped)
 
 
+def load_test_split(cfg: DataConfig) -> ImageSet:
+    """Only the labelled test split, for scoring with a trained model (``medad evaluate``).
+
+    A folder needs ``test/`` (``train/good`` is not read); a MedMNIST file gives its test split.
+    """
+    if cfg.path is None:
+        raise ValueError("data.path is not set")
+    path = Path(cfg.path).expanduser()
+    if detect_format(path, cfg.format) == "medmnist":
+        data = load_medmnist(path, cfg.normal_label)
+        return data.imageset("test", image_size=cfg.image_size, channels=cfg.channels)[0]
+    if not (path / "test").is_dir():
+        raise ValueError(f"{path} has no test/ folder (expected test/good and test/<defect>)")
+    images = _load(scan_labelled(path / "test", path / "ground_truth"), cfg).images
+    if len(images) == 0:
+        raise ValueError(f"no readable test images in {path / 'test'}")
+    return images
+
+
 def load_images(
     paths: list[str | Path],
     *,
