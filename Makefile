@@ -22,7 +22,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(RUN) $(BIN)/medad synth --out data/synthetic --seed 0
-	$(RUN) $(BIN)/medad train --data data/synthetic --config configs/demo.yaml --out $(DEMO_DIR)
+	$(RUN) $(BIN)/medad train --data data/synthetic --config configs/demo.yaml --out $(DEMO_DIR) --overwrite
 	@echo "Report: $(abspath $(DEMO_DIR))/report.html"
 
 test: $(STAMP)

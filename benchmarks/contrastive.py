@@ -62,7 +62,7 @@ def run_one(name: str, path: Path, channels: int, epochs: int, width: int, out: 
     """Train (or, with ``epochs=0``, only fit the scores on the untrained encoder) and summarise."""
     t0 = time.perf_counter()
     run_dir = out / (name if epochs else f"{name}-untrained")
-    metrics = train_run(config(path, channels, epochs, width), run_dir)
+    metrics = train_run(config(path, channels, epochs, width), run_dir, overwrite=True)
     history = json.loads((run_dir / "model" / "model.json").read_text())["history"]
     row = {
         "dataset": name if epochs else f"{name} (untrained)",

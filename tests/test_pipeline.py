@@ -128,3 +128,11 @@ def test_evaluate_needs_only_a_test_folder(run, dataset, tmp_path):
     assert evaluated["image_auroc"] == pytest.approx(metrics["image_auroc"])
     with pytest.raises(ValueError, match="no test/ folder"):
         evaluate_run(run_dir, tmp_path / "eval")
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(run):
+    cfg, run_dir, _ = run
+    before = (run_dir / "model" / "model.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_run(cfg, run_dir)
+    assert (run_dir / "model" / "model.pt").read_bytes() == before

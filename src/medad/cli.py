@@ -40,7 +40,7 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, KeyError, TypeError)
+_USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError)
 
 
 @app.callback()
@@ -70,6 +70,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for every random source."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Pre-train on normal images, fit the scores, evaluate on the test split, write a report.
@@ -89,9 +90,12 @@ def train(
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, progress=None if progress else False,
         )
-        metrics = train_run(cfg, out, resume=resume)
+        metrics = train_run(cfg, out, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: continue with the same command plus --resume (checkpoint in {out / 'checkpoints'})")
+        raise typer.Exit(code=130) from None
     _print_summary(metrics, out)
 
 

@@ -211,11 +211,22 @@ def fingerprint(config: RunConfig, manifest_digest: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate and report: the job behind ``medad train``. Returns the metrics."""
+def train_run(
+    config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train, evaluate and report: the job behind ``medad train``. Returns the metrics.
+
+    A directory that already holds a run is left alone unless ``resume`` (continue its
+    checkpoint) or ``overwrite`` (start again) is given, so no finished run is lost by accident.
+    """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
     run_dir = Path(run_dir)
+    if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
+        raise FileExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(config.data, seed=config.train.seed)
     for bad_id, reason in splits.skipped:
