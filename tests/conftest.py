@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +20,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} not found (set MEDAD_DATA_DIR to run integration tests)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The test models are tiny: one thread runs them fastest, and far faster than two threads
+    competing for a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medad.methods.pretext import NEIGHBOURS, PatchPositionHead, crop, patch_position_loss, sample_patch_pairs
+from medad.methods.pretext import (
+    NEIGHBOURS,
+    PatchPositionHead,
+    crop,
+    frozen_running_stats,
+    patch_position_loss,
+    random_crops,
+    sample_patch_pairs,
+)
 
 
 def _coordinate_image(n: int, size: int) -> torch.Tensor:
@@ -60,3 +68,29 @@ def test_loss_is_learnable_on_images_whose_position_is_visible():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first and accuracy > 0.9
+
+
+def test_random_crops_are_slices_of_the_images() -> None:
+    torch.manual_seed(0)
+    rows = torch.arange(40.0).view(1, 1, 40, 1).expand(5, 1, 40, 40)
+    cols = torch.arange(40.0).view(1, 1, 1, 40).expand(5, 1, 40, 40)
+    out = random_crops(torch.cat([rows, cols], 1), 16)
+    assert out.shape == (5, 2, 16, 16)
+    top, left = out[:, 0, 0, 0].long(), out[:, 1, 0, 0].long()
+    assert torch.equal(out[:, 0], top.view(-1, 1, 1) + torch.arange(16.0).view(1, 16, 1).expand(5, 16, 16))
+    assert torch.equal(out[:, 1], left.view(-1, 1, 1) + torch.arange(16.0).view(1, 1, 16).expand(5, 16, 16))
+    with pytest.raises(ValueError, match="crops of 48 px"):
+        random_crops(torch.rand(2, 1, 40, 40), 48)
+
+
+
+
+def test_patches_leave_the_batchnorm_running_statistics_alone():
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1), torch.nn.LazyLinear(8))
+    encoder(torch.rand(2, 1, 6, 6))  # materialise the lazy layer
+    before = encoder[1].running_mean.clone()
+    patch_position_loss(encoder, PatchPositionHead(8), torch.rand(4, 1, 24, 24) + 3, patch_size=6, jitter=0)
+    assert torch.equal(encoder[1].running_mean, before) and encoder[1].momentum == 0.1
+    with frozen_running_stats(encoder):
+        encoder(torch.rand(4, 1, 6, 6) + 5)
+    assert torch.equal(encoder[1].running_mean, before)

@@ -13,6 +13,9 @@ concatenated features predict which of the eight neighbours x_ω2 is (8-way cros
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +50,20 @@ def sample_patch_pairs(
     return crop(images, centre, patch_size), crop(images, other, patch_size), label.to(images.device)
 
 
+def random_crops(images: Tensor, size: int) -> Tensor:
+    """One ``size x size`` crop per image at a uniformly random position (global torch RNG); the
+    local models of CCD and PMSACL train on these.
+
+    >>> random_crops(torch.rand(3, 1, 40, 40), 32).shape
+    torch.Size([3, 1, 32, 32])
+    """
+    n, _, h, w = images.shape
+    if min(h, w) < size:
+        raise ValueError(f"crops of {size} px need images of at least {size} px, got {h}x{w}")
+    corners = torch.stack([torch.randint(0, h - size + 1, (n,)), torch.randint(0, w - size + 1, (n,))], dim=1)
+    return crop(images, corners, size)
+
+
 def crop(images: Tensor, corners: Tensor, size: int) -> Tensor:
     """``size x size`` crops of ``images [N, C, H, W]`` at per-image top-left ``corners [N, 2]``."""
     rows = corners[:, :1].to(images.device) + torch.arange(size, device=images.device)  # [N, size]
@@ -54,6 +71,31 @@ def crop(images: Tensor, corners: Tensor, size: int) -> Tensor:
     idx = torch.arange(len(images), device=images.device)[:, None, None]
     out = images.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # [N, size, size, C]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+@contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` still normalise with batch statistics but keep their running ones.
+
+    Used for the ℓ_pos patches: they are much smaller than the images, and letting them into the
+    running statistics leaves the eval-mode encoder (what the detectors use) normalising images
+    with patch statistics.
+
+    >>> bn = nn.BatchNorm1d(2)
+    >>> with frozen_running_stats(bn):
+    ...     _ = bn(torch.randn(8, 2) + 5)
+    >>> bn.running_mean.tolist(), bn.momentum
+    ([0.0, 0.0], 0.1)
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - momentum) * running + momentum * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 class PatchPositionHead(nn.Module):
@@ -70,9 +112,13 @@ class PatchPositionHead(nn.Module):
 def patch_position_loss(
     encoder: nn.Module, head: PatchPositionHead, images: Tensor, patch_size: int, jitter: int
 ) -> tuple[Tensor, Tensor]:
-    """ℓ_pos of CCD eq. (4) on one batch, and the accuracy of the 8-way prediction (detached)."""
+    """ℓ_pos of CCD eq. (4) on one batch, and the accuracy of the 8-way prediction (detached).
+
+    The patches do not update the encoder's BatchNorm running statistics (see
+    :func:`frozen_running_stats`)."""
     p1, p2, label = sample_patch_pairs(images, patch_size, jitter)
-    features = encoder(torch.cat([p1, p2]))
+    with frozen_running_stats(encoder):
+        features = encoder(torch.cat([p1, p2]))
     logits = head(features[: len(p1)], features[len(p1) :])
     with torch.no_grad():
         accuracy = (logits.argmax(1) == label).float().mean()

@@ -13,9 +13,15 @@ from torch import nn
 
 from medad.config import MethodConfig
 from medad.methods.base import PretrainMethod
+from medad.methods.ccd import CCDMethod
 from medad.methods.contrastive import ContrastiveMethod
+from medad.methods.pmsacl import PMSACLMethod
 
-METHODS: dict[str, type[PretrainMethod]] = {"contrastive": ContrastiveMethod}
+METHODS: dict[str, type[PretrainMethod]] = {
+    "contrastive": ContrastiveMethod,
+    "ccd": CCDMethod,
+    "pmsacl": PMSACLMethod,
+}
 
 
 def build_method(cfg: MethodConfig, encoder: nn.Module) -> PretrainMethod:
