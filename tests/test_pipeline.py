@@ -136,3 +136,20 @@ def test_an_existing_run_is_never_overwritten_by_accident(run):
     with pytest.raises(FileExistsError, match="--resume"):
         train_run(cfg, run_dir)
     assert (run_dir / "model" / "model.pt").read_bytes() == before
+
+
+def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_path):
+    cfg = RunConfig.model_validate(
+        {**TINY, "data": {**TINY["data"], "path": str(dataset)}, "detector": {"name": "padim", "params": {"d": 16}}}
+    )
+    metrics = train_run(cfg, tmp_path / "run")
+    for key in ("pixel_auroc", "pro", "dice", "iou", "oracle_dice", "pixel_threshold", "pixel_threshold_rule"):
+        assert key in metrics, key
+    assert metrics["pixel_threshold_rule"] == "val_normal_pixel_q0.99"
+    assert metrics["image_score_from_map"] == "max"
+    assert metrics["oracle_dice"] >= metrics["dice"] - 1e-9
+    assert set(metrics["scores"]) == {"padim", "mahalanobis", "nnd", "lh"}
+    shown = [r for r in ResultSet.load(tmp_path / "run" / "predictions.npz") if r.image is not None]
+    assert all(r.anomaly_map is not None and r.anomaly_map.shape == (32, 32) for r in shown)
+    predict_run(tmp_path / "run", [dataset / "test" / "lesion"], tmp_path / "pred")
+    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 6

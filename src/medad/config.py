@@ -100,6 +100,12 @@ class EvalConfig(_Strict):
     threshold_quantile: float = Field(
         0.95, gt=0, lt=1, description="threshold = this quantile of validation-normal scores"
     )
+    pixel_threshold_quantile: float = Field(
+        0.99, gt=0, lt=1, description="pixel threshold = this quantile of validation-normal pixel scores"
+    )
+    min_region: int = Field(
+        0, ge=0, description="drop predicted lesion components smaller than this many pixels (0 = keep all)"
+    )
     top_k: int = Field(8, ge=1, le=64, description="images per gallery in the report")
     batch_size: int = Field(128, ge=1)
 

@@ -30,6 +30,7 @@ from medad.data.imageset import ImageSet
 from medad.detectors.base import DetectorOutput
 from medad.detectors.registry import applicable_detectors, build_detector
 from medad.evaluation.metrics import quantile_threshold
+from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
 from medad.runtime import resolve_device, seed_everything, set_threads
@@ -62,6 +63,8 @@ class AnomalyDetector:
         self.detectors_ = nn.ModuleDict()
         self.threshold_: float | None = None
         self.threshold_rule_: str = "none"
+        self.pixel_threshold_: float | None = None
+        self.pixel_threshold_rule_: str = "none"
         self.val_scores_: list[float] = []
         self.history_: list[dict[str, Any]] = []
         self.train_seconds_: float = 0.0
@@ -156,10 +159,15 @@ class AnomalyDetector:
         self.n_train_ = len(train)
 
         if len(val):
-            self.val_scores_ = self.score_all(val)[self.primary].scores.tolist()
+            out = self.score_all(val)[self.primary]
+            self.val_scores_ = out.scores.tolist()
             self.threshold_, self.threshold_rule_ = quantile_threshold(
                 np.asarray(self.val_scores_), cfg.evaluation.threshold_quantile
             )
+            if out.maps is not None:
+                self.pixel_threshold_, self.pixel_threshold_rule_ = pixel_quantile_threshold(
+                    out.maps.cpu().numpy(), cfg.evaluation.pixel_threshold_quantile
+                )
         else:
             log.warning("no validation normals: no threshold, predict() is unavailable")
             self.val_scores_, self.threshold_, self.threshold_rule_ = [], None, "none"
@@ -223,6 +231,8 @@ class AnomalyDetector:
             "primary": self.primary,
             "threshold": self.threshold_,
             "threshold_rule": self.threshold_rule_,
+            "pixel_threshold": self.pixel_threshold_,
+            "pixel_threshold_rule": self.pixel_threshold_rule_,
             "val_scores": self.val_scores_,
             "history": self.history_,
             "train_seconds": self.train_seconds_,
@@ -256,6 +266,8 @@ class AnomalyDetector:
             model.detectors_[name] = detector.to(model.device).eval()
         model.threshold_ = meta["threshold"]
         model.threshold_rule_ = meta["threshold_rule"]
+        model.pixel_threshold_ = meta.get("pixel_threshold")
+        model.pixel_threshold_rule_ = meta.get("pixel_threshold_rule", "none")
         model.val_scores_ = meta["val_scores"]
         model.history_ = meta["history"]
         model.train_seconds_ = meta["train_seconds"]

@@ -27,6 +27,7 @@ from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_images, load_splits, load_test_split
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
+from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.model import AnomalyDetector
 from medad.report.figures import map_range, save_heatmap_png
@@ -122,12 +123,31 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
                if k in ("image_auroc", "image_ap")}
         for name in test.score_names()
     }
-    with_maps = [r for r in test if r.anomaly_map is not None]
-    if any(r.mask is not None for r in with_maps):
-        metrics["pixel_auroc"] = pixel_auroc(
-            [r.anomaly_map for r in with_maps], [r.mask for r in with_maps], labels=[r.label for r in with_maps]
-        )
+    metrics.update(localisation_metrics(model, test))
     return metrics
+
+
+def localisation_metrics(model: AnomalyDetector, test: ResultSet) -> dict[str, Any]:
+    """Pixel AUROC, PRO, and Dice / IoU at the label-free pixel threshold (pooled over the test
+    images with pixel ground truth: abnormal images with masks and normal images), plus the
+    optimistic ``oracle_dice`` whose threshold is chosen on the test masks themselves."""
+    known = [r for r in test if r.anomaly_map is not None and (r.mask is not None or r.label == 0)]
+    if not any(r.mask is not None and r.label == 1 for r in known):
+        return {}
+    maps, masks = [r.anomaly_map for r in known], [r.mask for r in known]
+    out: dict[str, Any] = {
+        "pixel_auroc": pixel_auroc(maps, masks, labels=[r.label for r in known]),
+        "pro": pro_score(maps, masks),
+        "n_test_masks": sum(r.mask is not None for r in known),
+    }
+    reduction = getattr(model.detectors_[model.primary].params, "reduction", None)
+    if reduction is not None:
+        out["image_score_from_map"] = reduction
+    if model.pixel_threshold_ is not None:
+        out.update(segmentation_scores(maps, masks, model.pixel_threshold_, model.config.evaluation.min_region))
+        out.update(pixel_threshold=model.pixel_threshold_, pixel_threshold_rule=model.pixel_threshold_rule_)
+    out["oracle_dice"], out["oracle_dice_threshold"] = oracle_dice(maps, masks)
+    return out
 
 
 def labelled_val_block(model: AnomalyDetector, labelled_val: ImageSet, test: ResultSet) -> dict[str, Any]:

@@ -4,6 +4,8 @@
 3
 >>> applicable_detectors("lh")
 ['lh', 'mahalanobis', 'nnd']
+>>> applicable_detectors("padim")
+['padim', 'mahalanobis', 'nnd', 'lh']
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from medad.detectors.base import Detector
 from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
 from medad.detectors.knn import NearestNeighbourDetector
+from medad.detectors.padim import PadimDetector
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector)
+    cls.name: cls for cls in (MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector)
 }
 
 
@@ -35,10 +38,12 @@ def build_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
 def applicable_detectors(primary: str) -> list[str]:
     """The scores reported beside ``primary`` when ``detector.also`` is ``auto`` (``primary`` first).
 
-    Every embedding detector applies whenever the primary one is an embedding detector (they
-    share the encoder's forward pass); otherwise only ``primary`` itself.
+    Every embedding detector applies whenever the primary one reads the frozen encoder
+    (``needs_encoder``): another embedding detector, which shares their forward pass, or PaDiM,
+    beside whose maps the image-level embedding scores are still reported. Detectors that train
+    their own network get only ``primary`` itself.
     """
-    if not issubclass(_detector_class(primary), EmbeddingDetector):
+    if not _detector_class(primary).needs_encoder:
         return [primary]
     others = [name for name, cls in DETECTORS.items() if name != primary and issubclass(cls, EmbeddingDetector)]
     return [primary, *others]
