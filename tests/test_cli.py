@@ -53,3 +53,19 @@ def test_errors_are_one_line_messages(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
                                  "--detector", "nonsense"])
     assert result.exit_code == 2
+
+
+def test_set_overrides_any_config_value(tmp_path):
+    data = tmp_path / "data"
+    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "12",
+                        "--n-test-normal", "2", "--n-test-abnormal", "2"])
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--image-size", "32",
+                                 "--epochs", "1", "--batch-size", "4", "--no-progress",
+                                 "--set", "encoder.width=4", "--set", "method.params.temperature=0.5"])
+    assert result.exit_code == 0, result.output
+    saved = (run / "config.yaml").read_text()
+    assert "width: 4" in saved and "temperature: 0.5" in saved
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r2"),
+                                 "--set", "encoder.nonsense=1"])
+    assert result.exit_code == 2 and "nonsense" in result.output

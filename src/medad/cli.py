@@ -72,6 +72,9 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Any config value as KEY=VALUE (YAML value), e.g. --set method.params.view=local."
+    ),
 ) -> None:
     """Pre-train on normal images, fit the scores, evaluate on the test split, write a report.
 
@@ -79,12 +82,15 @@ def train(
 
         medad train --data ../shared/data/lgg_brain_mri_mini --method contrastive \\
             --detector mahalanobis --image-size 64 --channels 3 --epochs 5 --out runs/lgg
+
+        medad train --data data/synthetic --method ccd --set method.params.view=local \\
+            --set encoder.width=32 --out runs/ccd-local
     """
-    from medad.config import RunConfig, apply_shortcuts, load_config
+    from medad.config import RunConfig, apply_overrides, apply_shortcuts, load_config, parse_assignments
     from medad.pipeline import train_run
 
     try:
-        base = load_config(config) if config else RunConfig()
+        base = apply_overrides(load_config(config) if config else RunConfig(), parse_assignments(set_))
         cfg = apply_shortcuts(
             base, data=None if data is None else str(data), method=method, detector=detector,
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -149,7 +149,11 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``; ``None`` skips."""
+    """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``; ``None`` skips.
+
+    >>> apply_overrides(RunConfig(), {"method.params.temperature": 0.5}).method.params
+    {'temperature': 0.5}
+    """
     data = config.model_dump(mode="json")
     for dotted, value in overrides.items():
         if value is None:
@@ -157,9 +161,26 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
+            if not isinstance(node, dict) or key not in node:
+                raise KeyError(f"unknown config key {dotted!r}")
             node = node[key]
         node[leaf] = value
     return RunConfig.model_validate(data)
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}`` (values parsed as YAML).
+
+    >>> parse_assignments(["train.epochs=3", "method.params.view=local"])
+    {'train.epochs': 3, 'method.params.view': 'local'}
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 # Short names shared by the CLI flags and the Python API's keyword arguments.
