@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -41,10 +42,20 @@ class Detector(nn.Module, ABC):
     Params: ClassVar[type[DetectorParams]] = DetectorParams
     spatial: ClassVar[bool] = False
     needs_encoder: ClassVar[bool] = True
+    statistics: ClassVar[tuple[str, ...]] = ()
+    """Names of buffers whose shapes are only known after fitting (registered empty)."""
 
     def __init__(self, **params: Any):
         super().__init__()
         self.params = self.Params(**params)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        # a freshly built detector has empty statistics: take their shapes from the loaded state
+        for name in self.statistics:
+            if prefix + name in state_dict:
+                current = getattr(self, name)
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @abstractmethod
     def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> Detector:

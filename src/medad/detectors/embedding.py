@@ -75,7 +75,6 @@ class EmbeddingDetector(Detector):
     """
 
     Params: ClassVar[type[DetectorParams]] = EmbeddingParams
-    statistics: ClassVar[tuple[str, ...]]
     params: EmbeddingParams
 
     def __init__(self, **params: Any):
@@ -127,10 +126,3 @@ class EmbeddingDetector(Detector):
             views.append(cache[key][-1])
         return torch.stack(views)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        # the statistics' shapes are only known after fitting: take them from the loaded state
-        for name in self.statistics:
-            if prefix + name in state_dict:
-                current = getattr(self, name)
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=current.device))
-        super()._load_from_state_dict(state_dict, prefix, *args)

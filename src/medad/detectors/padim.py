@@ -315,10 +315,3 @@ class PadimDetector(Detector):
         finally:
             encoder.train(was_training)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        # the buffers' shapes are only known after fitting: take them from the loaded state
-        for name in self.statistics:
-            if prefix + name in state_dict:
-                current = getattr(self, name)
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=current.device))
-        super()._load_from_state_dict(state_dict, prefix, *args)

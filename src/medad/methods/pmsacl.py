@@ -31,11 +31,9 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from medad.augment.medmix import MedMix, lesion_classes
-from medad.augment.weak import WeakAugment
-from medad.methods.base import MethodParams, PretrainMethod
-from medad.methods.contrastive import ContrastiveParams
+from medad.methods.base import MethodParams
+from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams
 from medad.methods.pretext import PatchPositionHead, patch_position_loss, random_crops
-from medad.models.heads import ProjectionHead
 
 
 def class_centres(z: Tensor, classes: Tensor, num_classes: int) -> Tensor:
@@ -121,7 +119,7 @@ class PMSACLParams(ContrastiveParams):
         return self
 
 
-class PMSACLMethod(PretrainMethod):
+class PMSACLMethod(ContrastiveMethod):
     """Encoder + projection head, class centres, ℓ_aug head and patch-position head.
 
     The class centres (eq. 2) are buffers set once, on the first :meth:`training_loss` call in
@@ -144,21 +142,13 @@ class PMSACLMethod(PretrainMethod):
     centres_ready: Tensor
 
     def __init__(self, encoder: nn.Module, **params: Any):
-        super().__init__(encoder, **params)
+        super().__init__(encoder, **params)  # the encoder, projection head f_θ and weak views
         p = self.params
         in_dim = int(encoder.out_dim)
-        self.head = ProjectionHead(in_dim, p.proj_hidden or in_dim, p.proj_dim)
         self.aug_head = nn.Linear(in_dim, p.num_classes)
         self.pos_head = PatchPositionHead(in_dim)
         self.register_buffer("centres", torch.zeros(p.num_classes, p.proj_dim))
         self.register_buffer("centres_ready", torch.tensor(False))
-        self.augment = WeakAugment(
-            scale=(p.crop_scale_min, 1.0),
-            degrees=p.rotation_degrees,
-            hflip_p=0.5 if p.hflip else 0.0,
-            brightness=p.brightness,
-            contrast=p.contrast,
-        )
         q = p.alteration_p
         self.medmix = MedMix(
             size=(p.lesion_size_min, p.lesion_size_max),
