@@ -153,3 +153,12 @@ def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_p
     assert all(r.anomaly_map is not None and r.anomaly_map.shape == (32, 32) for r in shown)
     predict_run(tmp_path / "run", [dataset / "test" / "lesion"], tmp_path / "pred")
     assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 6
+
+
+def test_pmsacl_run_shows_its_medmix_examples_in_the_report(dataset, tmp_path):
+    cfg = RunConfig.model_validate({**TINY, "data": {**TINY["data"], "path": str(dataset)}, "method": {"name": "pmsacl"}})
+    train_run(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "figures" / "pmsacl_examples.png").is_file()
+    html = (tmp_path / "run" / "report.html").read_text()
+    section = html[html.index('id="method"'):]
+    assert "pmsacl examples" in section[:2000] and "data:image/png;base64," in section[:5000]

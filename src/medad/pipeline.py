@@ -29,6 +29,7 @@ from medad.data.loading import load_images, load_splits, load_test_split
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
+from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
 from medad.report.figures import map_range, save_heatmap_png
 from medad.report.html import render_report
@@ -200,12 +201,14 @@ def write_evaluation(
 def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict], top_k: int) -> Path:
     """(Re-)render ``out_dir/report.html``; the config shown is the run's ``config.yaml`` if present."""
     config_path = out_dir / "config.yaml"
+    figures = {p.stem.replace("_", " "): p.read_bytes() for p in sorted((out_dir / "figures").glob("*.png"))}
     return render_report(
         results, metrics, out_dir / "report.html",
         title=f"medad: {metrics.get('method')} + {metrics.get('detector')} on {metrics.get('dataset') or 'data'}",
         config_yaml=config_path.read_text() if config_path.is_file() else None,
         history=history,
         top_k=top_k,
+        figures=figures,
     )
 
 
@@ -265,6 +268,9 @@ def train_run(
     )
     model.manifest_sha256_ = digest
     model.save(run_dir / "model")
+    build_method(config.method, model.encoder_).example_figure(
+        splits.train.images[:4], run_dir / "figures" / f"{config.method.name}_examples.png"
+    )
     return write_evaluation(
         model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
         dataset=Path(config.data.path).name,

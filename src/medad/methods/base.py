@@ -8,6 +8,7 @@ optimiser, progress, checkpoints, resume.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -38,3 +39,8 @@ class PretrainMethod(nn.Module, ABC):
     @abstractmethod
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised."""
+
+    def example_figure(self, images: Tensor, path: Path) -> Path | None:
+        """Write a PNG showing what the method trains on (e.g. its synthetic anomalies) for the
+        report; ``None`` when the method has nothing to show."""
+        return None

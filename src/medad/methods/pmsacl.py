@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from medad.augment.medmix import MedMix, lesion_classes
+from medad.augment.medmix import MedMix, lesion_classes, save_medmix_grid
 from medad.methods.base import MethodParams
 from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams
 from medad.methods.pretext import PatchPositionHead, patch_position_loss, random_crops
@@ -181,6 +182,11 @@ class PMSACLMethod(ContrastiveMethod):
         if p.patch_size is None and p.view == "local":
             size = min(size, p.local_patch_size)
         return size, size // 4 if p.jitter is None else p.jitter
+
+    def example_figure(self, images: Tensor, path: Path) -> Path:
+        """MedMix examples (normal, then 1, 2, 3 ... lesions) of up to four ``images``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_medmix_grid(images[:4].cpu(), path, columns=self.params.num_classes, mix=self.medmix)
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         p = self.params

@@ -29,6 +29,7 @@ SECTIONS = {
     "gallery-missed": "Missed abnormal images",
     "projection": "Embedding projection",
     "training": "Training",
+    "method": "What the method trains on",
     "config": "Configuration",
 }
 LABELS = {
@@ -294,6 +295,12 @@ def _training(history: list[dict] | None) -> str:
     return _section("training", _img(figures.loss_png(history), "loss per epoch"))
 
 
+def _method_figures(figures: dict[str, bytes]) -> str:
+    if not figures:
+        return _section("method", _note("This method shows no example images."))
+    return _section("method", "".join(f"<h3>{escape(t)}</h3>" + _img(png, t) for t, png in figures.items()))
+
+
 def _config(config_yaml: str | None) -> str:
     content = f"<pre>{escape(config_yaml)}</pre>" if config_yaml else _note("No configuration given.")
     return _section("config", content)
@@ -308,11 +315,13 @@ def render_report(
     config_yaml: str | None = None,
     history: list[dict] | None = None,
     top_k: int = 8,
+    figures: dict[str, bytes] | None = None,
 ) -> Path:
     """Write the report to ``out_path`` and return it.
 
     ``metrics`` is the content of ``metrics.json`` (every key optional); the galleries show the
     ``top_k`` most anomalous and most normal-looking abnormal results that have ``image`` set.
+    ``figures`` (title -> PNG bytes) are method-specific pictures, e.g. PMSACL's MedMix examples.
     Sections that need labels are replaced by a short sentence when the results have none.
 
     >>> import tempfile, pathlib
@@ -330,6 +339,7 @@ def render_report(
         _galleries(results, top_k),
         _projection(results),
         _training(history),
+        _method_figures(figures or {}),
         _config(config_yaml),
     ])
     page = (
