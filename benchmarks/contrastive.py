@@ -16,7 +16,6 @@ Thresholds come from validation normals only; nothing is tuned on the test split
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -24,11 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from medad.config import RunConfig
-from medad.evaluation.records import ResultSet
 from medad.pipeline import train_run
+
+from lgg_position import position_matched_auroc  # noqa: E402  (benchmarks/ is on sys.path)
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -43,19 +42,6 @@ def config(path: Path, channels: int, epochs: int, width: int) -> RunConfig:
             "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "seed": 0, "progress": False},
         }
     )
-
-
-def position_matched_auroc(run_dir: Path, manifest: Path, min_frac: float = 0.3) -> dict[str, float]:
-    """AUROC of each score using only test normals with brain_frac >= min_frac (all tumours kept)."""
-    with open(manifest) as fh:
-        frac = {row["file"]: float(row["brain_frac"]) for row in csv.DictReader(fh)}
-    test = ResultSet.load(run_dir / "predictions.npz").with_role("test")
-    keep = [
-        i for i, r in enumerate(test)
-        if r.label == 1 or frac.get("/".join(Path(r.id).parts[-3:]), 0.0) >= min_frac
-    ]
-    labels = test.labels()[keep]
-    return {name: float(roc_auc_score(labels, test.scores(name)[keep])) for name in test.score_names()}
 
 
 def run_one(name: str, path: Path, channels: int, epochs: int, width: int, out: Path) -> dict:
