@@ -38,14 +38,14 @@ def _loop_pmsacl(
         return 1 / (alpha * tau) if n == m else 1 / tau
 
     total = 0.0
-    for i, l, z in views:
+    for i, view, z in views:
         n = classes[i]
-        partner = (z2 if l == 0 else z1)[i]
+        partner = (z2 if view == 0 else z1)[i]
         numerator = math.exp(kappa(n, n) * float(f(i, z) @ f(i, partner)))
         denominator = sum(
             math.exp(kappa(n, classes[j]) * float(f(i, z) @ f(j, zj)))
             for j, k, zj in views
-            if (j, k) != (i, l)
+            if (j, k) != (i, view)
         )
         total += -math.log(numerator / denominator)
     return total / len(views)  # eq. (4): expectation over images, classes and both views

@@ -20,7 +20,6 @@ import math
 from abc import abstractmethod
 from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
