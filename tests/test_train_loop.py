@@ -134,3 +134,25 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     path.with_suffix(".json").write_text("{}")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(path)
+
+
+class Hooked(NoisyRegression):
+    """Records the hook calls the loop makes."""
+
+    def __init__(self, encoder):
+        super().__init__(encoder)
+        self.progress: list[float] = []
+        self.steps_after = 0
+
+    def on_train_step(self, progress):
+        self.progress.append(progress)
+
+    def after_optimizer_step(self):
+        self.steps_after += 1
+
+
+def test_loop_calls_the_method_hooks_in_order():
+    method = Hooked(torch.nn.Linear(4, 1))
+    train_method(method, torch.rand(8, 1, 2, 2), None, _cfg(epochs=2, batch_size=4))
+    assert method.progress == [0.0, 0.25, 0.5, 0.75]
+    assert method.steps_after == 4

@@ -40,6 +40,13 @@ class PretrainMethod(nn.Module, ABC):
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised."""
 
+    def on_train_step(self, progress: float) -> None:
+        """Called by the training loop before every step with the share of training done (0 → 1),
+        for schedules that live in the method (e.g. a loss weight or a teacher temperature)."""
+
+    def after_optimizer_step(self) -> None:
+        """Called by the training loop after every optimiser step (e.g. an EMA teacher update)."""
+
     def example_figure(self, images: Tensor, path: Path) -> Path | None:
         """Write a PNG showing what the method trains on (e.g. its synthetic anomalies) for the
         report; ``None`` when the method has nothing to show."""

@@ -171,7 +171,8 @@ def train_method(
             batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch)
             task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(batches), info="")
             t0, loss_sum, seen, extras = time.perf_counter(), 0.0, 0, {}
-            for idx in batches:
+            for step, idx in enumerate(batches):
+                method.on_train_step((epoch - 1 + step / len(batches)) / cfg.epochs)
                 x = train_images[idx].to(device, non_blocking=True)
                 terms = method.training_loss(x)
                 loss = terms["loss"]
@@ -183,6 +184,7 @@ def train_method(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                method.after_optimizer_step()
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
                 for key, value in terms.items():
