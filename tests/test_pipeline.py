@@ -162,3 +162,18 @@ def test_pmsacl_run_shows_its_medmix_examples_in_the_report(dataset, tmp_path):
     html = (tmp_path / "run" / "report.html").read_text()
     section = html[html.index('id="method"'):]
     assert "pmsacl examples" in section[:2000] and "data:image/png;base64," in section[:5000]
+
+
+def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
+    cfg = RunConfig.model_validate(
+        {**TINY, "data": {**TINY["data"], "path": str(dataset)},
+         "train": {**TINY["train"], "epochs": 3, "select_by": "sensitivity", "sensitivity_holdout": 6}}
+    )
+    metrics = train_run(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["history"]
+    assert all(0.0 <= h["sensitivity"] <= 1.0 for h in history)
+    best = max(history, key=lambda h: h["sensitivity"])["epoch"]
+    assert metrics["select_by"] == "sensitivity" and metrics["selected_epoch"] == best
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "sensitivity score is the AUROC" in html

@@ -156,3 +156,40 @@ def test_loop_calls_the_method_hooks_in_order():
     train_method(method, torch.rand(8, 1, 2, 2), None, _cfg(epochs=2, batch_size=4))
     assert method.progress == [0.0, 0.25, 0.5, 0.75]
     assert method.steps_after == 4
+
+
+def test_selection_by_sensitivity_restores_the_best_checkpoint(tmp_path):
+    """A fake sensitivity that peaks at epoch 2: the returned weights are epoch 2's, also after resume."""
+    values = iter([0.55, 0.7, 0.6, 0.52])
+    snapshots = {}
+
+    def fake_sensitivity(encoder):
+        snapshots[len(snapshots) + 1] = encoder.weight.detach().clone()
+        return next(values)
+
+    method = _method()
+    history = train_method(method, torch.rand(16, 1, 2, 2), torch.rand(4, 1, 2, 2),
+                           _cfg(select_by="sensitivity"), checkpoint_path=tmp_path / "last.pt",
+                           sensitivity=fake_sensitivity)
+    assert [h["sensitivity"] for h in history] == [0.55, 0.7, 0.6, 0.52]
+    assert [h["selected"] for h in history] == [False, True, False, False]
+    assert torch.equal(method.encoder.weight, snapshots[2])
+    assert load_checkpoint(tmp_path / "best.pt")[1]["epoch"] == 2
+
+
+def test_selection_needs_a_sensitivity_score():
+    with pytest.raises(ValueError, match="validation normals"):
+        train_method(_method(), torch.rand(8, 1, 2, 2), None, _cfg(select_by="sensitivity"))
+
+
+def test_sensitivity_score_is_an_auroc_of_held_out_training_vs_validation_normals():
+    from medad.train.selection import SensitivityScore
+
+    torch.manual_seed(0)
+    train = torch.rand(40, 1, 4, 4)
+    same = SensitivityScore(train, torch.rand(40, 1, 4, 4), holdout=20)(torch.nn.Flatten())
+    other = torch.rand(40, 1, 4, 4)
+    other[:, :, :2] = 0  # half of every image blank: other directions, low cosine to the training set
+    shifted = SensitivityScore(train, other, holdout=20)(torch.nn.Flatten())
+    assert 0.3 < same < 0.7  # validation normals look like the training normals
+    assert shifted > 0.9  # validation images unlike the training set are rejected

@@ -91,6 +91,12 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
+    select_by: Literal["last", "sensitivity"] = Field(
+        "last", description="keep the last epoch, or the checkpoint with the highest sensitivity score"
+    )
+    sensitivity_holdout: int = Field(
+        64, ge=0, description="training normals held out for the sensitivity score (0 = do not compute it)"
+    )
     progress: bool = True
 
 

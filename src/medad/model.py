@@ -36,6 +36,7 @@ from medad.models.resnet import build_encoder
 from medad.runtime import resolve_device, seed_everything, set_threads
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.loop import train_method
+from medad.train.selection import SensitivityScore
 
 log = logging.getLogger("medad")
 
@@ -109,6 +110,12 @@ class AnomalyDetector:
             raise NotFittedError("this AnomalyDetector is not fitted yet: call fit() or AnomalyDetector.load()")
 
     # -- fitting ----------------------------------------------------------------------------
+    @property
+    def selected_epoch(self) -> int | None:
+        """The epoch whose weights the model uses (the last one unless selected by sensitivity)."""
+        chosen = [h["epoch"] for h in self.history_ if h.get("selected")]
+        return chosen[0] if chosen else (self.history_[-1]["epoch"] if self.history_ else None)
+
     def score_names(self) -> list[str]:
         """Primary score first, then the others reported beside it."""
         also = self.config.detector.also
@@ -144,9 +151,12 @@ class AnomalyDetector:
         t0 = time.perf_counter()
         encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
         method = build_method(cfg.method, encoder)
+        can_score = len(val) >= 1 and len(train) >= 4 and cfg.train.sensitivity_holdout > 0 and cfg.train.epochs > 0
         self.history_ = train_method(
             method, train, val, cfg.train, device=self.device,
             checkpoint_path=checkpoint_path, resume=resume, fingerprint=fingerprint,
+            sensitivity=SensitivityScore(train, val, cfg.train.sensitivity_holdout, seed=cfg.train.seed)
+            if can_score else None,
         )
         self.encoder_ = method.encoder.eval()
         cache: dict = {}

@@ -7,9 +7,16 @@ CON2 compares a test view ``g(t(x))`` with the training set seen through the *sa
 per view (buffers with a leading view dimension), scores each test view against the statistics
 of that view and returns the mean over views. With ``tta = 0`` this is the plain score.
 
-Each view's embeddings are computed once per (encoder, images, view, tta_seed) and kept in the
-caller's ``cache``, so e.g. Mahalanobis, S_NND and S_LH share one forward pass per view (and the
-identity view is shared whatever the TTA settings).
+``params.contexts`` (e.g. ``["invert"]``, see :mod:`medad.augment.context`) adds CON2's context
+clusters: every TTA view is then also taken of ``t_c(x)`` for each listed context, i.e. the views
+are ``t_k(t_c(x))`` for ``t_c`` in (identity, *contexts) and ``k = 0 .. A``, each with its own
+statistics fitted on ``t_k(t_c(x'))`` of the training images, and the score is the mean over all
+``(1 + len(contexts)) (A + 1)`` views. Eq. 16 spreads its A views over the two contexts; here every
+context gets the same A + 1 views.
+
+Each view's embeddings are computed once per (encoder, images, context, view, tta_seed) and kept
+in the caller's ``cache``, so e.g. Mahalanobis, S_NND and S_LH share one forward pass per view
+(and the identity view is shared whatever the TTA and context settings).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from medad.augment.context import context_transform
 from medad.augment.tta import tta_view
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.runtime import module_device
 
 
 class EmbeddingParams(DetectorParams):
@@ -31,18 +40,31 @@ class EmbeddingParams(DetectorParams):
     batch_size: int = Field(128, ge=1, description="images per encoder forward pass")
     tta: int = Field(0, ge=0, description="test-time augmentation views beyond the identity (CON2 eq. 16)")
     tta_seed: int = Field(0, description="seed of the test-time augmentation parameters")
+    contexts: list[str] = Field(
+        default_factory=list, description="CON2 context augmentations scored beside the identity (eq. 16)"
+    )
 
+    @field_validator("contexts")
+    @classmethod
+    def _known_contexts(cls, names: list[str]) -> list[str]:
+        for name in names:
+            context_transform(name)
+        if len(set(names)) < len(names):
+            raise ValueError(f"contexts must not repeat, got {names}")
+        return names
 
-def _device_of(module: nn.Module) -> torch.device:
-    tensor = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    return torch.device("cpu") if tensor is None else tensor.device
+    @property
+    def n_views(self) -> int:
+        """Views fitted and scored: (identity + contexts) x (identity + TTA views)."""
+        return (1 + len(self.contexts)) * (self.tta + 1)
 
 
 @torch.no_grad()
-def embed_view(images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size: int) -> Tensor:
-    """Embeddings ``[N, D]`` (float32, CPU) of TTA view ``k`` of ``images [N, C, H, W]``.
+def embed_view(
+    images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size: int, context: str | None = None
+) -> Tensor:
+    """Embeddings ``[N, D]`` (float32, CPU) of TTA view ``k`` of ``images [N, C, H, W]``, or of
+    ``t_c(images)`` for a ``context`` (:data:`medad.augment.context.CONTEXTS`).
 
     The encoder runs in eval mode on its own device; its previous train/eval mode is restored.
 
@@ -51,12 +73,14 @@ def embed_view(images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size
     """
     if len(images) == 0:
         raise ValueError("no images to embed")
-    device, was_training = _device_of(encoder), encoder.training
+    device, was_training = module_device(encoder), encoder.training
+    transform = context_transform(context) if context else None
     encoder.eval()
     try:
         parts = []
         for batch in images.split(batch_size):
-            out = encoder(tta_view(batch.to(device), k, seed))
+            batch = batch.to(device)
+            out = encoder(tta_view(transform(batch) if transform else batch, k, seed))
             if out.ndim != 2:
                 raise ValueError(f"the encoder must return pooled embeddings [N, D], got shape {tuple(out.shape)}")
             parts.append(out.float().cpu())
@@ -92,37 +116,41 @@ class EmbeddingDetector(Detector):
         the statistics of view ``v``)."""
 
     def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> EmbeddingDetector:
-        """Fit one set of statistics per TTA view of the normal training ``images``."""
+        """Fit one set of statistics per (context, TTA) view of the normal training ``images``."""
         for name, value in self._fit(self._embed(images, encoder, cache)).items():
             setattr(self, name, value.to(getattr(self, name).device))
         return self
 
     def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:
-        """Mean over TTA views of the per-view scores (CON2 eq. 16), float64 on CPU."""
+        """Mean over (context, TTA) views of the per-view scores (CON2 eq. 16), float64 on CPU."""
         fitted = getattr(self, self.statistics[0])
         if fitted.numel() == 0:
             raise RuntimeError(f"detector {self.name!r} is not fitted: call fit() or load_state_dict() first")
-        if fitted.shape[0] != self.params.tta + 1:
+        p = self.params
+        if fitted.shape[0] != p.n_views:
             raise ValueError(
                 f"detector {self.name!r} was fitted with {fitted.shape[0]} views but params.tta="
-                f"{self.params.tta} asks for {self.params.tta + 1}"
+                f"{p.tta} and contexts={p.contexts} ask for {p.n_views}"
             )
         z = self._embed(images, encoder, cache).to(fitted.device)
         return DetectorOutput(scores=self._score(z).mean(0).to("cpu", torch.float64))
 
     def _embed(self, images: Tensor, encoder: nn.Module | None, cache: dict | None) -> Tensor:
-        """Embeddings ``[views, N, D]``; each view is taken from / stored in ``cache``."""
+        """Embeddings ``[views, N, D]``, context-major (identity first); each view is taken from /
+        stored in ``cache``."""
         if encoder is None:
             raise ValueError(f"detector {self.name!r} needs the encoder")
         cache = {} if cache is None else cache
         p = self.params
         views = []
-        for k in range(p.tta + 1):
-            # view 0 (identity) does not depend on the seed, so detectors without TTA share it
-            key = ("embedding", id(encoder), id(images), k, p.tta_seed if k else None)
-            if key not in cache:
-                # keeping encoder and images alive guarantees their ids are not reused by other objects
-                cache[key] = (encoder, images, embed_view(images, encoder, k, p.tta_seed, p.batch_size))
-            views.append(cache[key][-1])
+        for context in [None, *p.contexts]:
+            for k in range(p.tta + 1):
+                # view 0 (identity) does not depend on the seed, so detectors without TTA share it
+                key = ("embedding", id(encoder), id(images), context, k, p.tta_seed if k else None)
+                if key not in cache:
+                    # keeping encoder and images alive guarantees their ids are not reused by other objects
+                    z = embed_view(images, encoder, k, p.tta_seed, p.batch_size, context)
+                    cache[key] = (encoder, images, z)
+                views.append(cache[key][-1])
         return torch.stack(views)
 

@@ -32,8 +32,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
-from medad.detectors.embedding import _device_of
 from medad.linalg import spd_inverse
+from medad.runtime import module_device
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class PadimDetector(Detector):
     @torch.no_grad()
     def _each_batch(self, images: Tensor, encoder: nn.Module, fn: Callable[[Tensor], T]) -> list[T]:
         """``fn`` of the patch embeddings of each batch; the encoder runs in eval mode on its device."""
-        device, was_training = _device_of(encoder), encoder.training
+        device, was_training = module_device(encoder), encoder.training
         encoder.eval()
         try:
             out = []

@@ -243,7 +243,8 @@ def projection_png(results: ResultSet) -> bytes:
 
 
 def loss_png(history: Sequence[dict]) -> bytes:
-    """Training (and validation) loss per epoch from ``[{"epoch", "loss", "val_loss"?}, ...]``.
+    """Training and validation loss per epoch, and on a second axis the sensitivity score at the
+    checkpoints where it was computed, with the selected checkpoint marked.
 
     >>> len(loss_png([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5, "val_loss": 1.7}])) > 1000
     True
@@ -256,6 +257,18 @@ def loss_png(history: Sequence[dict]) -> bytes:
             ax.plot(*zip(*points), marker="o", ms=3, label=label)
     ax.set(xlabel="epoch", ylabel="loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    sensitivity = [(h["epoch"], h["sensitivity"]) for h in history if h.get("sensitivity") is not None]
+    if sensitivity:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*sensitivity), color="tab:green", marker="s", ms=3, lw=1, label="sensitivity score")
+        ax2.set_ylabel("sensitivity (AUROC)")
+        handles2, labels2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + handles2, labels + labels2
+    for h in history:
+        if h.get("selected"):
+            line = ax.axvline(h["epoch"], color="0.3", ls="--", lw=1, label=f"selected: epoch {h['epoch']}")
+            handles, labels = handles + [line], labels + [line.get_label()]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     return _png(fig)

@@ -292,7 +292,20 @@ def _projection(results: ResultSet) -> str:
 def _training(history: list[dict] | None) -> str:
     if not history or all(h.get("loss") is None for h in history):
         return _section("training", _note("No training history given."))
-    return _section("training", _img(figures.loss_png(history), "loss per epoch"))
+    rows = [
+        [str(h["epoch"]), _fmt("loss", h.get("loss")), _fmt("loss", h.get("val_loss")),
+         _fmt("sensitivity", h.get("sensitivity")), "selected" if h.get("selected") else ""]
+        for h in history if h.get("sensitivity") is not None or h.get("selected")
+    ]
+    table = ""
+    if rows:
+        table = (
+            "<p>Checkpoints: the sensitivity score is the AUROC separating held-out training normals from "
+            "validation normals (no abnormal image involved); with <code>train.select_by: sensitivity</code> "
+            "the checkpoint with the highest score is kept.</p>"
+            + _table(["epoch", "training loss", "validation loss", "sensitivity", ""], rows)
+        )
+    return _section("training", _img(figures.loss_png(history), "loss per epoch") + table)
 
 
 def _method_figures(figures: dict[str, bytes]) -> str:

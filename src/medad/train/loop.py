@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -120,6 +121,7 @@ def train_method(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    sensitivity: Callable[[torch.nn.Module], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``method`` on ``train_images`` for ``cfg.epochs`` epochs; return the per-epoch history.
 
@@ -127,6 +129,12 @@ def train_method(
     history) is written atomically every ``cfg.checkpoint_every`` epochs and at the end.
     ``resume=True`` continues from it; ``fingerprint`` (e.g. a hash of the config and data
     manifest) must match the checkpoint's, so a run is never resumed with other settings.
+
+    ``sensitivity`` (e.g. a :class:`~medad.train.selection.SensitivityScore`) is evaluated on the
+    encoder at every checkpoint epoch and recorded in the history; with
+    ``cfg.select_by == "sensitivity"`` the weights of the best-scoring checkpoint (also saved as
+    ``best.pt`` beside ``checkpoint_path``) are restored at the end, and that epoch's history
+    record gets ``"selected": True``.
     """
     device = torch.device(device)
     if len(train_images) < 2:
@@ -137,6 +145,10 @@ def train_method(
     history: list[dict[str, Any]] = []
     start_epoch = 1
     ckpt = Path(checkpoint_path) if checkpoint_path else None
+    selecting = cfg.select_by == "sensitivity"
+    if selecting and sensitivity is None:
+        raise ValueError("train.select_by=sensitivity needs validation normals and train.sensitivity_holdout > 0")
+    best: dict[str, Any] = {"value": -math.inf, "epoch": None, "state": None}
     if resume and ckpt is not None and ckpt.is_file():
         state, meta = load_checkpoint(ckpt, map_location=device)
         if meta.get("fingerprint") != fingerprint:
@@ -150,6 +162,9 @@ def train_method(
         _set_rng_state(state["rng"], device)
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1
+        if meta.get("best_epoch") is not None:
+            best_state, _ = load_checkpoint(ckpt.with_name("best.pt"), map_location=device)
+            best.update(value=meta["best_value"], epoch=meta["best_epoch"], state=best_state["method"])
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
     elif resume:
         log.info("no checkpoint at %s: starting from scratch", ckpt)
@@ -163,7 +178,18 @@ def train_method(
             "schedule": schedule.state_dict(),
             "rng": _rng_state(device),
         }
-        save_checkpoint(ckpt, state, {"epoch": epoch, "history": history, "fingerprint": fingerprint})
+        meta = {"epoch": epoch, "history": history, "fingerprint": fingerprint,
+                "best_epoch": best["epoch"], "best_value": best["value"] if best["epoch"] else None}
+        save_checkpoint(ckpt, state, meta)
+
+    def consider(epoch: int, value: float) -> None:
+        """Keep the weights of the best checkpoint so far (in memory and as best.pt)."""
+        if not selecting or value <= best["value"]:
+            return
+        state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+        best.update(value=value, epoch=epoch, state=state)
+        if ckpt is not None:
+            save_checkpoint(ckpt.with_name("best.pt"), {"method": state}, {"epoch": epoch, "sensitivity": value})
 
     batch_size = min(cfg.batch_size, len(train_images))
     with _progress(cfg.progress) as progress:
@@ -204,16 +230,26 @@ def train_method(
             }
             if val_images is not None and len(val_images) >= 2:
                 record["val_loss"] = _validation_loss(method, val_images, cfg, device)
+            checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+            if sensitivity is not None and checkpoint_epoch:
+                record["sensitivity"] = sensitivity(method.encoder)
+                consider(epoch, record["sensitivity"])
             history.append(record)
             log.info(
-                "epoch %d/%d  loss %.4f%s  %.1f img/s",
+                "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
                 epoch,
                 cfg.epochs,
                 record["loss"],
                 f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
+                f"  sensitivity {record['sensitivity']:.4f}" if "sensitivity" in record else "",
                 record["images_per_second"],
             )
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+            if checkpoint_epoch:
                 save(epoch)
+    if selecting and best["epoch"] is not None:
+        method.load_state_dict(best["state"])
+        for record in history:
+            record["selected"] = record["epoch"] == best["epoch"]
+        log.info("selected epoch %d (sensitivity %.4f)", best["epoch"], best["value"])
     method.eval()
     return history
