@@ -14,6 +14,7 @@ from torch import nn
 from medad.config import MethodConfig
 from medad.methods.base import PretrainMethod
 from medad.methods.ccd import CCDMethod
+from medad.methods.con2 import CON2Method
 from medad.methods.contrastive import ContrastiveMethod
 from medad.methods.pmsacl import PMSACLMethod
 
@@ -21,6 +22,7 @@ METHODS: dict[str, type[PretrainMethod]] = {
     "contrastive": ContrastiveMethod,
     "ccd": CCDMethod,
     "pmsacl": PMSACLMethod,
+    "con2": CON2Method,
 }
 
 
