@@ -177,3 +177,10 @@ def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "sensitivity score is the AUROC" in html
+
+
+def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):
+    cfg = RunConfig.model_validate({**TINY, "data": {**TINY["data"], "path": str(dataset)}, "method": {"name": "con2"}})
+    metrics = train_run(cfg, tmp_path / "run")
+    assert -1.0 <= metrics["context_silhouette"] <= 1.0
+    assert (tmp_path / "run" / "figures" / "con2_examples.png").is_file()

@@ -177,8 +177,11 @@ def write_evaluation(
     val: ImageSet | None = None,
     labelled_val: ImageSet | None = None,
     dataset: str = "",
+    diagnostics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html."""
+    """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html.
+
+    ``diagnostics`` (label-free training diagnostics of the method) are added to the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     top_k = model.config.evaluation.top_k
     parts = []
@@ -189,6 +192,7 @@ def write_evaluation(
     results = ResultSet([r for part in parts for r in part])
     metrics = summarize(model, results)
     metrics["dataset"] = dataset
+    metrics.update(diagnostics or {})
     if labelled_val is not None and results.with_role("test").has_labels():
         metrics["labelled_val"] = labelled_val_block(model, labelled_val, results.with_role("test"))
     atomic_write_text(out_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
@@ -271,12 +275,11 @@ def train_run(
     )
     model.manifest_sha256_ = digest
     model.save(run_dir / "model")
-    build_method(config.method, model.encoder_).example_figure(
-        splits.train.images[:4], run_dir / "figures" / f"{config.method.name}_examples.png"
-    )
+    method = build_method(config.method, model.encoder_)
+    method.example_figure(splits.train.images[:4], run_dir / "figures" / f"{config.method.name}_examples.png")
     return write_evaluation(
         model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
-        dataset=Path(config.data.path).name,
+        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(splits.val.images),
     )
 
 

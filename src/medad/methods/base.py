@@ -47,6 +47,11 @@ class PretrainMethod(nn.Module, ABC):
     def after_optimizer_step(self) -> None:
         """Called by the training loop after every optimiser step (e.g. an EMA teacher update)."""
 
+    def diagnostics(self, val_images: Tensor) -> dict[str, float]:
+        """Label-free training diagnostics of the trained encoder on validation normals, reported
+        in metrics.json (e.g. CON2's context silhouette); empty by default."""
+        return {}
+
     def example_figure(self, images: Tensor, path: Path) -> Path | None:
         """Write a PNG showing what the method trains on (e.g. its synthetic anomalies) for the
         report; ``None`` when the method has nothing to show."""

@@ -155,6 +155,12 @@ class CON2Method(ContrastiveMethod):
         """α = ``params.alpha`` x progress, the paper's linear annealing from 0."""
         self.content_weight = self.params.alpha * min(max(progress, 0.0), 1.0)
 
+    def diagnostics(self, val_images: Tensor) -> dict[str, float]:
+        """The silhouette of the two context clusters of the validation normals (CON2 app. E.4)."""
+        if len(val_images) < 2:
+            return {}
+        return {"context_silhouette": context_silhouette(self.encoder, val_images[:512], self.params.context)}
+
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         if len(images) < 2:
             raise ValueError(f"con2 training needs batches of at least 2 images, got {len(images)}")
