@@ -32,7 +32,7 @@ def test_scores_predictions_and_threshold(fitted):
     assert np.array_equal(fitted.score(test), scores)
     assert set(fitted.predict(test)) <= {0, 1}
     assert fitted.threshold_ is not None and fitted.threshold_rule_ == "val_normal_q0.95"
-    assert list(fitted.score_all(test)) == ["nnd", "mahalanobis", "lh"]
+    assert list(fitted.score_all(test)) == ["nnd", "mahalanobis", "lh", "cosine"]
 
 
 def test_accepts_uint8_arrays_and_other_sizes(fitted):

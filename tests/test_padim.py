@@ -182,5 +182,5 @@ def test_errors(encoder, normals):
 
 def test_registry_entry():
     assert isinstance(build_detector("padim", {"d": 50}), PadimDetector)
-    assert applicable_detectors("padim") == ["padim", "mahalanobis", "nnd", "lh"]
-    assert applicable_detectors("mahalanobis") == ["mahalanobis", "nnd", "lh"]
+    assert applicable_detectors("padim") == ["padim", "mahalanobis", "nnd", "lh", "cosine"]
+    assert applicable_detectors("mahalanobis") == ["mahalanobis", "nnd", "lh", "cosine"]

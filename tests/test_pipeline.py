@@ -48,7 +48,7 @@ def test_run_writes_every_file(run):
         assert key in saved, key
     assert saved["n_test_normal"] == 6 and saved["n_test_abnormal"] == 6
     assert saved["threshold_rule"].startswith("val_normal")
-    assert set(saved["scores"]) == {"mahalanobis", "nnd", "lh"}
+    assert set(saved["scores"]) == {"mahalanobis", "nnd", "lh", "cosine"}
     assert 0.0 <= saved["image_auroc"] <= 1.0
 
 
@@ -148,7 +148,7 @@ def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_p
     assert metrics["pixel_threshold_rule"] == "val_normal_pixel_q0.99"
     assert metrics["image_score_from_map"] == "max"
     assert metrics["oracle_dice"] >= metrics["dice"] - 1e-9
-    assert set(metrics["scores"]) == {"padim", "mahalanobis", "nnd", "lh"}
+    assert set(metrics["scores"]) == {"padim", "mahalanobis", "nnd", "lh", "cosine"}
     shown = [r for r in ResultSet.load(tmp_path / "run" / "predictions.npz") if r.image is not None]
     assert all(r.anomaly_map is not None and r.anomaly_map.shape == (32, 32) for r in shown)
     predict_run(tmp_path / "run", [dataset / "test" / "lesion"], tmp_path / "pred")

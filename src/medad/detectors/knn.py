@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,21 @@ from medad.detectors.base import DetectorParams
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
 
 # similarities held in memory at once while scoring: views x query chunk x training images
-_CHUNK_ELEMENTS = 1 << 24
+CHUNK_ELEMENTS = 1 << 24
+
+
+def reduce_cosine_similarities(z: Tensor, bank: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:
+    """Cosine similarities of queries ``z`` (views, n, d) to a normalised ``bank`` (views, m, d), reduced
+    over the bank axis by ``reduce`` ((views, chunk, m) -> (views, chunk)), in chunks of bounded memory.
+
+    >>> bank = F.normalize(torch.eye(3)[None], dim=-1)
+    >>> reduce_cosine_similarities(torch.tensor([[[2.0, 0.0, 0.0]]]), bank, lambda s: s.amax(-1))
+    tensor([[1.]])
+    """
+    views, n_bank = bank.shape[:2]
+    query = F.normalize(z.to(bank.dtype), dim=-1)
+    chunk = max(1, CHUNK_ELEMENTS // (views * n_bank))
+    return torch.cat([reduce(part @ bank.transpose(1, 2)) for part in query.split(chunk, dim=1)], dim=1)
 
 
 class NearestNeighbourParams(EmbeddingParams):
@@ -47,11 +61,4 @@ class NearestNeighbourDetector(EmbeddingDetector):
         return {"bank": F.normalize(z, dim=-1)}
 
     def _score(self, z: Tensor) -> Tensor:
-        views, n_bank = self.bank.shape[:2]
-        query = F.normalize(z.to(self.bank.dtype), dim=-1)
-        chunk = max(1, _CHUNK_ELEMENTS // (views * n_bank))
-        scores = [
-            -(part @ self.bank.transpose(1, 2)).topk(self.params.k, dim=-1).values.mean(-1)
-            for part in query.split(chunk, dim=1)
-        ]
-        return torch.cat(scores, dim=1)
+        return reduce_cosine_similarities(z, self.bank, lambda sim: -sim.topk(self.params.k, dim=-1).values.mean(-1))

@@ -3,9 +3,9 @@
 >>> build_detector("nnd", {"k": 3}).params.k
 3
 >>> applicable_detectors("lh")
-['lh', 'mahalanobis', 'nnd']
+['lh', 'mahalanobis', 'nnd', 'cosine']
 >>> applicable_detectors("padim")
-['padim', 'mahalanobis', 'nnd', 'lh']
+['padim', 'mahalanobis', 'nnd', 'lh', 'cosine']
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from medad.detectors.base import Detector
+from medad.detectors.cosine import TemperatureCosineDetector
 from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.padim import PadimDetector
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector)
+    cls.name: cls
+    for cls in (
+        MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector
+    )
 }
 
 

@@ -16,6 +16,7 @@ from medad.methods.base import PretrainMethod
 from medad.methods.ccd import CCDMethod
 from medad.methods.con2 import CON2Method
 from medad.methods.contrastive import ContrastiveMethod
+from medad.methods.dino_neg import DinoNegMethod
 from medad.methods.pmsacl import PMSACLMethod
 
 METHODS: dict[str, type[PretrainMethod]] = {
@@ -23,6 +24,7 @@ METHODS: dict[str, type[PretrainMethod]] = {
     "ccd": CCDMethod,
     "pmsacl": PMSACLMethod,
     "con2": CON2Method,
+    "dino_neg": DinoNegMethod,
 }
 
 

@@ -149,12 +149,18 @@ def resolve_stem(stem: str, image_size: int) -> Stem:
     return stem  # type: ignore[return-value]
 
 
+CHANNELS_LAST_MIN_WIDTH = 8
+
+
 def build_encoder(cfg: EncoderConfig, in_channels: int, image_size: int) -> ResNetEncoder:
     """Encoder for ``cfg``, with weights from ``cfg.weights`` (a local file) when given.
 
     Its parameters are converted to ``channels_last``, which trained 0-45% faster (never slower)
     on CPU in ``benchmarks/encoder_speed.py``; feature maps then come back in that memory format too
     (same values and shape; use ``reshape``/``flatten`` rather than ``view`` across C and N).
+    Below ``width`` 8 the encoder stays contiguous: oneDNN's AVX2 1x1-convolution weight gradient
+    hangs or crashes in ``channels_last`` with 4 input channels (seen with torch 2.13 on an AMD EPYC),
+    and such tiny encoders are only used in tests.
 
     >>> build_encoder(EncoderConfig(width=8), in_channels=1, image_size=28).stem
     'cifar'
@@ -162,7 +168,7 @@ def build_encoder(cfg: EncoderConfig, in_channels: int, image_size: int) -> ResN
     encoder = ResNetEncoder(in_channels, cfg.width, resolve_stem(cfg.stem, image_size))
     if cfg.weights is not None:
         load_encoder_weights(encoder, cfg.weights)
-    return encoder.to(memory_format=torch.channels_last)
+    return encoder.to(memory_format=torch.channels_last) if cfg.width >= CHANNELS_LAST_MIN_WIDTH else encoder
 
 
 def load_encoder_weights(encoder: ResNetEncoder, path: str | Path) -> None:

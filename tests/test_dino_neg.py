@@ -1,0 +1,185 @@
+"""DINO with negative samples (Rafiee et al., ICANN 2022 eqs. 2-5): losses, teacher, centre, training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+from torch import nn
+
+from medad.config import MethodConfig, TrainConfig
+from medad.data.synthetic import make_phantoms
+from medad.methods.dino_neg import DinoNegMethod, distillation_loss, uniformity_loss
+from medad.methods.registry import METHODS, build_method
+from medad.models.resnet import ResNetEncoder
+from medad.train.loop import build_optimizer, train_method
+
+
+class ToyEncoder(nn.Module):
+    """A convolution and a 2x2 average pool: any image size in, 8-d out."""
+
+    out_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def small_method(encoder: nn.Module | None = None, **params) -> DinoNegMethod:
+    defaults = {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8, "n_local": 2, "n_local_negatives": 1}
+    return DinoNegMethod(encoder or ToyEncoder(), **{**defaults, **params})
+
+
+def softmax(row: list[float], tau: float) -> list[float]:
+    e = [math.exp(v / tau) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def test_distillation_loss_matches_a_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(4, 3, 5, generator=gen)  # 2 global + 2 local views, 3 images, K = 5
+    teacher = torch.randn(2, 3, 5, generator=gen)
+    centre = torch.randn(5, generator=gen)
+    total, pairs = 0.0, 0
+    for g in range(2):
+        for v in range(4):
+            if v == g:
+                continue
+            for i in range(3):
+                p_t = softmax((teacher[g, i] - centre).tolist(), 0.04)
+                p_s = softmax(student[v, i].tolist(), 0.1)
+                total -= sum(a * math.log(b) for a, b in zip(p_t, p_s)) / 3
+            pairs += 1
+    assert pairs == 6
+    loss = distillation_loss(student, teacher, centre, 0.1, 0.04)
+    assert loss.item() == pytest.approx(total / pairs, rel=1e-5)
+
+
+def test_distillation_loss_has_no_gradient_through_the_teacher() -> None:
+    student, teacher = torch.randn(3, 2, 4, requires_grad=True), torch.randn(2, 2, 4, requires_grad=True)
+    distillation_loss(student, teacher, torch.zeros(4), 0.1, 0.04).backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+def test_uniformity_loss_is_log_k_for_uniform_outputs_and_larger_otherwise() -> None:
+    k = 6
+    assert uniformity_loss(torch.full((4, k), 0.3), 0.1).item() == pytest.approx(math.log(k), rel=1e-6)
+    logits = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, -1.0], [0.2, 0.1, 0.0, 0.0, 0.0, 0.0]])
+    direct = sum(-sum(math.log(p) for p in softmax(row, 0.1)) / k for row in logits.tolist()) / 2
+    loss = uniformity_loss(logits, 0.1)
+    assert loss.item() == pytest.approx(direct, rel=1e-6) and loss.item() > math.log(k)
+
+
+def test_teacher_temperature_and_momentum_schedules() -> None:
+    m = small_method()
+    assert m.teacher_temp == 0.04 and m.momentum == 0.996  # before the first step
+    expected = {0.0: (0.04, 0.996), 0.5: (0.025, 0.998), 1.0: (0.01, 1.0)}
+    for progress, (temp, momentum) in expected.items():
+        m.on_train_step(progress)
+        assert m.teacher_temp == pytest.approx(temp) and m.momentum == pytest.approx(momentum)
+
+
+def test_teacher_is_an_exact_ema_and_the_optimiser_never_touches_it() -> None:
+    torch.manual_seed(0)
+    m = small_method()
+    optimizer = build_optimizer(m.parameters(), TrainConfig(optimizer="adamw", weight_decay=0.5, lr=0.1))
+    teacher = [m.encoder, m.teacher_head]
+    assert not any(p.requires_grad for t in teacher for p in t.parameters())
+    assert len(list(m.parameters())) == 2 * len([p for p in m.parameters() if p.requires_grad])
+    before = [p.clone() for t in teacher for p in t.parameters()]
+    m.on_train_step(0.25)
+    loss = m.training_loss(torch.rand(4, 1, 16, 16))["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    after_step = [p.clone() for t in teacher for p in t.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, after_step))  # no gradient, no weight decay
+    m.after_optimizer_step()
+    momentum = 1 - 0.004 * (1 + math.cos(math.pi * 0.25)) / 2
+    student = [p for s in (m.student_encoder, m.student_head) for p in s.parameters()]
+    teacher_now = [p for t in teacher for p in t.parameters()]
+    assert not all(torch.equal(s, t) for s, t in zip(student, teacher_now))
+    for t0, s, t in zip(before, student, teacher_now):
+        torch.testing.assert_close(t, momentum * t0 + (1 - momentum) * s, rtol=0, atol=1e-7)
+
+
+def test_centre_moves_in_training_calls_only() -> None:
+    torch.manual_seed(0)
+    m = small_method(ResNetEncoder(1, width=4, stem="cifar"))
+    outputs = []
+    m.teacher_head.register_forward_hook(lambda module, inputs, out: outputs.append(out.detach()))
+    x = torch.rand(4, 1, 16, 16)
+    m.train().training_loss(x)
+    expected = 0.1 * outputs[-1].mean(0)  # c ← 0.9 c + 0.1 mean g_t, from c = 0
+    torch.testing.assert_close(m.centre, expected)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    m.eval()
+    with torch.no_grad():
+        m.training_loss(x)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())  # centre, teacher BN statistics
+
+
+def test_a_few_steps_reduce_the_loss_and_the_state_dict_restores_teacher_and_centre() -> None:
+    torch.manual_seed(0)
+    images, _ = make_phantoms(16, 32, seed=0)
+    m = small_method(ResNetEncoder(1, width=8, stem="cifar"), out_dim=64, hidden_dim=64, bottleneck_dim=32)
+    initial_teacher = [p.clone() for p in m.encoder.parameters()]
+    history = train_method(m, images, None, TrainConfig(epochs=5, batch_size=8, progress=False))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["loss_neg"] < history[0]["loss_neg"] and history[-1]["loss_neg"] >= math.log(64)
+    assert {"loss_pos", "loss_neg", "teacher_temp", "teacher_entropy"} <= set(history[0])
+    assert not all(torch.equal(a, b) for a, b in zip(initial_teacher, m.encoder.parameters()))
+    assert m.centre.abs().sum() > 0
+    fresh = small_method(ResNetEncoder(1, width=8, stem="cifar"), out_dim=64, hidden_dim=64, bottleneck_dim=32)
+    fresh.load_state_dict(m.state_dict())
+    for name in ("encoder", "teacher_head", "student_encoder", "student_head"):
+        for a, b in zip(getattr(m, name).state_dict().values(), getattr(fresh, name).state_dict().values()):
+            assert torch.equal(a, b)
+    assert torch.equal(fresh.centre, m.centre)
+    fresh.eval()
+    for method in (m, fresh):  # the schedules are not state: they follow the progress given by the loop
+        method.on_train_step(1.0)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = m.training_loss(images[:4])["loss"]
+        torch.manual_seed(3)
+        assert torch.equal(fresh.training_loss(images[:4])["loss"], a)
+
+
+def test_without_negatives_it_is_plain_dino() -> None:
+    torch.manual_seed(0)
+    terms = small_method(negative_weight=0.0).training_loss(torch.rand(3, 1, 16, 16))
+    assert "loss_neg" not in terms and torch.equal(terms["loss"].detach(), terms["loss_pos"])
+
+
+def test_auxiliary_images_become_negatives(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / f"aux{i}.png")
+    m = small_method(aux_path=str(tmp_path), aux_fraction=1.0, aux_shift=False)
+    x = torch.rand(5, 1, 16, 16)
+    negatives = m.negative_images(x)
+    aux = m.aux_images(x)
+    assert aux.shape == (3, 1, 16, 16)
+    assert all(any(torch.equal(row, a) for a in aux) for row in negatives)
+    shifted = small_method(aux_path=str(tmp_path), aux_fraction=1.0, negatives=["pixel_shuffle"]).negative_images(x)
+    assert not any(torch.equal(row, a) for row in shifted for a in aux)
+
+
+def test_params_are_validated_and_the_method_is_registered() -> None:
+    with pytest.raises(ValidationError, match="unknown negative kinds"):
+        small_method(negatives=["flip"])
+    with pytest.raises(ValidationError, match="crop scale"):
+        small_method(local_scale=(0.5, 0.2))
+    has_bn = lambda m: any(isinstance(x, nn.BatchNorm1d) for x in m.student_head.modules())  # noqa: E731
+    assert has_bn(small_method()) and not has_bn(small_method(head_bn=False))
+    assert METHODS["dino_neg"] is DinoNegMethod
+    m = build_method(MethodConfig(name="dino_neg", params={"out_dim": 32}), ToyEncoder())
+    assert m.teacher_head.last_layer.out_features == 32
