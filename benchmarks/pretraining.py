@@ -19,17 +19,15 @@ results; ``--resume`` skips runs already there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from medad.config import RunConfig
 from medad.pipeline import train_run
 
-from lgg_position import position_matched_auroc  # noqa: E402  (benchmarks/ is on sys.path)
+from lgg_position import position_matched_auroc  # benchmarks/ is on sys.path
+from results_table import append_row, load_rows, mean_std
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"lgg": ("lgg_brain_mri_dev", 3), "pneumoniamnist": ("pneumoniamnist.npz", 1)}
@@ -67,14 +65,6 @@ def add_position_matched(row: dict, out: Path) -> dict:
     return row
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
 def print_table(rows: list[dict]) -> None:
     scores = ["padim", *FEATURE_SCORES]
     columns = [*(f"auroc_{s}" for s in scores), *PIXEL_KEYS, *(f"auroc_{s}_posmatched" for s in scores), "train_seconds"]
@@ -103,9 +93,7 @@ def main() -> None:
         sys.exit(f"no data folder at {DATA} (set MEDAD_DATA_DIR)")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if args.resume and results.exists() else []
-    if not args.resume:
-        results.write_text("")
+    rows = load_rows(results, args.resume)
     rows = [r if "auroc_padim_posmatched" in r else add_position_matched(r, args.out) for r in rows]
     done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
     for seed in args.seeds:  # seeds outermost: an interrupted benchmark still covers every method
@@ -115,9 +103,7 @@ def main() -> None:
                     continue
                 row = run(dataset, method, seed, args.epochs, args.width, args.out)
                 rows.append(row)
-                with results.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                append_row(results, row)
     print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, CPU; mean ± std over seeds")
     print_table(rows)
 

@@ -61,3 +61,18 @@ def test_unfitted_and_bad_input_errors(fitted):
         fitted.anomaly_map(torch.rand(2, 1, 32, 32))
     with pytest.raises(TypeError, match="unknown option"):
         AnomalyDetector(CFG, epoch=3)
+
+
+def test_fit_scores_refits_on_a_replaced_encoder(fitted, tmp_path):
+    normals, _ = make_phantoms(24, 32, seed=0)
+    test, _ = make_phantoms(4, 32, seed=4, lesion=True)
+    with pytest.raises(NotFittedError):
+        AnomalyDetector(CFG).fit_scores(normals, normals[:4])
+    fitted.save(tmp_path / "m")
+    other = AnomalyDetector.load(tmp_path / "m")
+    before = other.decision_function(test)
+    torch.nn.init.normal_(other.encoder_.conv1.weight)  # another encoder, as from another checkpoint
+    other.fit_scores(normals[6:], normals[:6])
+    after = other.decision_function(test)
+    assert not np.allclose(before, after)
+    assert other.n_train_ == 18 and len(other.val_scores_) == 6 and other.threshold_ != fitted.threshold_

@@ -159,13 +159,25 @@ class AnomalyDetector:
             if can_score else None,
         )
         self.encoder_ = method.encoder.eval()
+        self.fit_scores(train, val)
+        self.train_seconds_ = time.perf_counter() - t0
+        return self
+
+    def fit_scores(self, images: Images, val_images: Images) -> AnomalyDetector:
+        """Fit the scores on normal ``images`` with the current encoder and set the thresholds on
+        ``val_images`` (normals); ``fit`` calls it after pre-training. Call it yourself after
+        replacing ``encoder_``, e.g. with another checkpoint's weights, to score with that encoder.
+        """
+        if self.encoder_ is None:
+            raise NotFittedError("fit_scores needs an encoder: call fit() or AnomalyDetector.load() first")
+        cfg = self.config
+        train, val = self._tensor(images), self._tensor(val_images)
         cache: dict = {}
         self.detectors_ = nn.ModuleDict()
         for name in self.score_names():
             params = cfg.detector.params if name == self.primary else {}
             detector = build_detector(name, params).to(self.device)
             self.detectors_[name] = detector.fit(train, self.encoder_, cache)
-        self.train_seconds_ = time.perf_counter() - t0
         self.n_train_ = len(train)
 
         if len(val):

@@ -1,0 +1,149 @@
+"""Benchmark: contrastive vs CON2 (each context) vs DINO with negatives (each negative kind).
+
+For each dataset, variant and seed one run is trained (64 px, ResNet-18) with Mahalanobis as the
+primary score; the same encoder also gives S_NND, S_LH and the temperature-weighted cosine score.
+CON2 runs score both contexts (``detector.params.contexts``, CON2 eq. 16). Every run keeps the
+checkpoint chosen by Rafiee's sensitivity score (``train.select_by: sensitivity``, no abnormal
+image involved) and the benchmark also scores the last epoch's encoder (``checkpoints/last.pt``),
+so the table shows what label-free selection gained or lost. Printed per dataset and variant:
+image AUROC of every score for the selected and the last checkpoint, the selected epoch, and
+train time. No score or hyper-parameter is chosen on the test split.
+
+Finished runs are appended to ``OUT/results.jsonl``; ``--resume`` skips runs already there.
+
+    .venv/bin/python benchmarks/selfsupervised.py [--seeds 0] [--epochs 10] [--width 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sklearn.metrics import roc_auc_score
+
+from medad.config import RunConfig
+from medad.data.loading import load_splits
+from medad.methods.registry import build_method
+from medad.model import AnomalyDetector
+from medad.models.resnet import build_encoder
+from medad.pipeline import train_run
+from medad.train.checkpoint import load_checkpoint
+
+from results_table import append_row, load_rows, mean_std  # benchmarks/ is on sys.path
+
+DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATASETS = {"breastmnist": ("breastmnist.npz", 1), "pneumoniamnist": ("pneumoniamnist.npz", 1),
+            "lgg": ("lgg_brain_mri_dev", 3)}
+SCORES = ("mahalanobis", "nnd", "lh", "cosine")
+
+
+def _con2(context: str) -> dict[str, Any]:
+    return {"method": {"name": "con2", "params": {"context": context}}, "detector_params": {"contexts": [context]}}
+
+
+def _dino(negatives: list[str]) -> dict[str, Any]:
+    params = {"negatives": negatives} if negatives else {"negative_weight": 0.0}
+    return {"method": {"name": "dino_neg", "params": params}, "detector_params": {}}
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "contrastive": {"method": {"name": "contrastive"}, "detector_params": {}},
+    "con2-invert": _con2("invert"),
+    "con2-flip": _con2("flip"),
+    "con2-equalize": _con2("equalize"),
+    "dino-none": _dino([]),
+    "dino-rotate90": _dino(["rotate90"]),
+    "dino-rotate_random": _dino(["rotate_random"]),
+    "dino-permute4": _dino(["permute4"]),
+    "dino-permute16": _dino(["permute16"]),
+    "dino-pixel_shuffle": _dino(["pixel_shuffle"]),
+}
+
+
+def config(dataset: str, variant: str, seed: int, epochs: int, width: int) -> RunConfig:
+    folder, channels = DATASETS[dataset]
+    spec = VARIANTS[variant]
+    return RunConfig.model_validate(
+        {
+            "data": {"path": str(DATA / folder), "image_size": 64, "channels": channels, "val_fraction": 0.1},
+            "encoder": {"width": width},
+            "method": spec["method"],
+            "detector": {"name": "mahalanobis", "params": spec["detector_params"], "also": list(SCORES[1:])},
+            "train": {"epochs": epochs, "batch_size": 64, "seed": seed, "progress": False,
+                      "select_by": "sensitivity"},
+        }
+    )
+
+
+def last_epoch_aurocs(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
+    """Image AUROC of every score with the encoder of the last epoch instead of the selected one."""
+    model = AnomalyDetector.load(run_dir / "model")
+    state, _ = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    method = build_method(cfg.method, build_encoder(cfg.encoder, cfg.data.channels, cfg.data.image_size))
+    method.load_state_dict(state["method"])
+    model.encoder_ = method.encoder.to(model.device).eval()
+    splits = load_splits(cfg.data, seed=cfg.train.seed)
+    model.fit_scores(splits.train, splits.val)
+    labels = splits.test.labels.numpy()
+    return {name: float(roc_auc_score(labels, out.scores.cpu().numpy()))
+            for name, out in model.score_all(splits.test).items()}
+
+
+def run(dataset: str, variant: str, seed: int, epochs: int, width: int, out: Path) -> dict:
+    """Train one configuration and return its row of results."""
+    cfg = config(dataset, variant, seed, epochs, width)
+    run_dir = out / f"{dataset}-{variant}-s{seed}"
+    metrics = train_run(cfg, run_dir, overwrite=True)
+    row = {"dataset": dataset, "variant": variant, "seed": seed, "epochs": epochs, "width": width,
+           "train_seconds": metrics["train_seconds"], "selected_epoch": metrics["selected_epoch"]}
+    row.update({f"auroc_{k}": v["image_auroc"] for k, v in metrics["scores"].items()})
+    last = (last_epoch_aurocs(cfg, run_dir) if metrics["selected_epoch"] != epochs
+            else {k: v["image_auroc"] for k, v in metrics["scores"].items()})
+    row.update({f"last_auroc_{k}": v for k, v in last.items()})
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = [*(f"auroc_{s}" for s in SCORES), *(f"last_auroc_{s}" for s in SCORES), "selected_epoch",
+               "train_seconds"]
+    print(f"{'dataset':<15}{'variant':<20}{'seeds':<6}" + "".join(f"{c:>23}" for c in columns))
+    for dataset in DATASETS:
+        for variant in VARIANTS:
+            group = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
+            if group:
+                cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in columns]
+                print(f"{dataset:<15}{variant:<20}{len(group):<6}" + "".join(f"{c:>23}" for c in cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-selfsupervised"))
+    parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.jsonl")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"no data folder at {DATA} (set MEDAD_DATA_DIR)")
+    results = args.out / "results.jsonl"
+    rows = load_rows(results, args.resume)
+    done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
+    for seed in args.seeds:  # seeds outermost: an interrupted benchmark still covers every variant
+        for dataset in args.datasets:
+            for variant in args.variants:
+                if (dataset, variant, seed) not in done:
+                    row = run(dataset, variant, seed, args.epochs, args.width, args.out)
+                    rows.append(row)
+                    append_row(results, row)
+    print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, CPU; mean ± std over seeds; "
+          "auroc_* = checkpoint selected by the sensitivity score, last_auroc_* = last epoch")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
