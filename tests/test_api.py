@@ -76,3 +76,12 @@ def test_fit_scores_refits_on_a_replaced_encoder(fitted, tmp_path):
     after = other.decision_function(test)
     assert not np.allclose(before, after)
     assert other.n_train_ == 18 and len(other.val_scores_) == 6 and other.threshold_ != fitted.threshold_
+
+
+def test_method_none_skips_pretraining():
+    normals, _ = make_phantoms(12, 32, seed=0)
+    det = AnomalyDetector(CFG, method="none", detector="mahalanobis").fit(normals)
+    assert det.history_ == [] and det.selected_epoch is None
+    untrained = AnomalyDetector(CFG, method="none").fit(normals)  # same seed: the same random encoder
+    for a, b in zip(det.encoder_.parameters(), untrained.encoder_.parameters()):
+        assert torch.equal(a, b)

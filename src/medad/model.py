@@ -127,6 +127,7 @@ class AnomalyDetector:
         images: Images,
         val_images: Images | None = None,
         *,
+        unlabeled: Images | None = None,
         checkpoint_path: str | Path | None = None,
         resume: bool = False,
         fingerprint: str = "",
@@ -134,6 +135,7 @@ class AnomalyDetector:
         """Pre-train on normal ``images``, fit the scores, set the threshold on validation normals.
 
         Without ``val_images``, ``config.data.val_fraction`` of ``images`` is held out (seeded).
+        ``unlabeled`` images (unknown labels) go to the detectors that use them (DDAD).
         """
         cfg = self.config
         seed_everything(cfg.train.seed)
@@ -157,13 +159,13 @@ class AnomalyDetector:
             checkpoint_path=checkpoint_path, resume=resume, fingerprint=fingerprint,
             sensitivity=SensitivityScore(train, val, cfg.train.sensitivity_holdout, seed=cfg.train.seed)
             if can_score else None,
-        )
-        self.encoder_ = method.encoder.eval()
-        self.fit_scores(train, val)
+        ) if method.trains else []
+        self.encoder_ = method.encoder.to(self.device).eval()
+        self.fit_scores(train, val, unlabeled=unlabeled)
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
-    def fit_scores(self, images: Images, val_images: Images) -> AnomalyDetector:
+    def fit_scores(self, images: Images, val_images: Images, unlabeled: Images | None = None) -> AnomalyDetector:
         """Fit the scores on normal ``images`` with the current encoder and set the thresholds on
         ``val_images`` (normals); ``fit`` calls it after pre-training. Call it yourself after
         replacing ``encoder_``, e.g. with another checkpoint's weights, to score with that encoder.
@@ -172,12 +174,13 @@ class AnomalyDetector:
             raise NotFittedError("fit_scores needs an encoder: call fit() or AnomalyDetector.load() first")
         cfg = self.config
         train, val = self._tensor(images), self._tensor(val_images)
+        pool = None if unlabeled is None else self._tensor(unlabeled)
         cache: dict = {}
         self.detectors_ = nn.ModuleDict()
         for name in self.score_names():
             params = cfg.detector.params if name == self.primary else {}
             detector = build_detector(name, params).to(self.device)
-            self.detectors_[name] = detector.fit(train, self.encoder_, cache)
+            self.detectors_[name] = detector.fit(train, self.encoder_, cache, unlabeled=pool).eval()
         self.n_train_ = len(train)
 
         if len(val):

@@ -116,6 +116,9 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         "channels": cfg.data.channels,
         "seed": cfg.train.seed,
     }
+    reduction = getattr(model.detectors_[model.primary].params, "reduction", None)
+    if reduction is not None:
+        metrics["image_score_from_map"] = reduction
     if not test.has_labels():
         return metrics
     metrics.update(image_metrics(test.scores(), labels, model.threshold_ if model.threshold_ is not None else np.inf))
@@ -144,9 +147,6 @@ def localisation_metrics(model: AnomalyDetector, test: ResultSet) -> dict[str, A
         "pro": pro_score(maps, masks),
         "n_test_masks": sum(r.mask is not None for r in known),
     }
-    reduction = getattr(model.detectors_[model.primary].params, "reduction", None)
-    if reduction is not None:
-        out["image_score_from_map"] = reduction
     if model.pixel_threshold_ is not None:
         out.update(segmentation_scores(maps, masks, model.pixel_threshold_, model.config.evaluation.min_region))
         out.update(pixel_threshold=model.pixel_threshold_, pixel_threshold_rule=model.pixel_threshold_rule_)
@@ -269,6 +269,7 @@ def train_run(
     model = AnomalyDetector(config)
     model.fit(
         splits.train, splits.val,
+        unlabeled=splits.unlabeled,
         checkpoint_path=run_dir / "checkpoints" / "last.pt",
         resume=resume,
         fingerprint=fingerprint(config, digest),

@@ -3,7 +3,8 @@
 A detector is an ``nn.Module`` whose fitted statistics are buffers, so ``state_dict()`` saves it
 and ``load_state_dict`` restores it without pickling. ``fit`` and ``score`` take preprocessed
 images ``[N, C, H, W]`` and the (frozen, eval-mode) encoder, which embedding detectors use and
-reconstruction detectors ignore.
+reconstruction detectors ignore (or use only to initialise their own encoder); ``fit`` also takes
+an optional pool of ``unlabeled`` images, which only DDAD uses.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class Detector(nn.Module, ABC):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @abstractmethod
-    def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> Detector:
-        """Estimate the normal model from normal training images."""
+    def fit(
+        self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
+    ) -> Detector:
+        """Estimate the normal model from normal training images (and ``unlabeled`` ones, if it can)."""
 
     @abstractmethod
     def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:

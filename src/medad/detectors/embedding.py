@@ -115,7 +115,9 @@ class EmbeddingDetector(Detector):
         """Per-view scores ``[views, N]`` of embeddings ``z [views, N, D]`` (view ``v`` against
         the statistics of view ``v``)."""
 
-    def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> EmbeddingDetector:
+    def fit(
+        self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
+    ) -> EmbeddingDetector:
         """Fit one set of statistics per (context, TTA) view of the normal training ``images``."""
         for name, value in self._fit(self._embed(images, encoder, cache)).items():
             setattr(self, name, value.to(getattr(self, name).device))

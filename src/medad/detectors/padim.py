@@ -246,7 +246,9 @@ class PadimDetector(Detector):
         self.register_buffer("mean", torch.empty(0))
         self.register_buffer("precision", torch.empty(0))
 
-    def fit(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> PadimDetector:
+    def fit(
+        self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
+    ) -> PadimDetector:
         """Fit ``μ_ω`` and ``Σ_ω⁻¹`` on normal ``images``, streaming the per-position moments."""
         encoder = self._check_inputs(images, encoder)
         p = self.params

@@ -30,6 +30,8 @@ class PretrainMethod(nn.Module, ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
+    trains: ClassVar[bool] = True
+    """False for ``none``: the encoder is used as built (random or ``encoder.weights``), untrained."""
 
     def __init__(self, encoder: nn.Module, **params: Any):
         super().__init__()

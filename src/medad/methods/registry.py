@@ -17,6 +17,7 @@ from medad.methods.ccd import CCDMethod
 from medad.methods.con2 import CON2Method
 from medad.methods.contrastive import ContrastiveMethod
 from medad.methods.dino_neg import DinoNegMethod
+from medad.methods.none import NoPretraining
 from medad.methods.pmsacl import PMSACLMethod
 
 METHODS: dict[str, type[PretrainMethod]] = {
@@ -25,6 +26,7 @@ METHODS: dict[str, type[PretrainMethod]] = {
     "pmsacl": PMSACLMethod,
     "con2": CON2Method,
     "dino_neg": DinoNegMethod,
+    "none": NoPretraining,
 }
 
 

@@ -1,0 +1,96 @@
+"""Base class of the detectors that train their own network on the normal images (AE family, DDAD,
+IGD, f-AnoGAN): they produce a pixel anomaly map per image and reduce it to an image score.
+
+The network is built in ``fit`` from the training images' channels and size, and these are kept
+in the buffer ``input_shape``, so a saved detector rebuilds the same network before its weights
+are loaded (``load_state_dict`` on a fresh detector just works, as for the other detectors).
+Networks train with :func:`medad.train.networks.train_network`. The image score is the mean of
+the map by default (the MedIAnomaly convention) or its max (``reduction``); metrics.json says
+which was used (``image_score_from_map``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+
+
+class ReconstructionParams(DetectorParams):
+    epochs: int = Field(50, ge=1, description="training epochs of the detector's network(s)")
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate")
+    batch_size: int = Field(64, ge=2, description="mini-batch size for training and scoring")
+    seed: int = Field(0, description="seed of weight initialisation and data order")
+    reduction: Literal["mean", "max"] = Field("mean", description="reduction of the pixel map to the image score")
+
+
+class ReconstructionDetector(Detector):
+    """Subclasses implement ``build`` (create the networks for ``channels`` x ``size`` images),
+    ``train_networks`` and ``anomaly_map``; this class does the bookkeeping, batching and reduction.
+    """
+
+    Params: ClassVar[type[DetectorParams]] = ReconstructionParams
+    params: ReconstructionParams
+    spatial: ClassVar[bool] = True
+    needs_encoder: ClassVar[bool] = False
+    statistics: ClassVar[tuple[str, ...]] = ("input_shape",)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.register_buffer("input_shape", torch.empty(0, dtype=torch.long))
+
+    @abstractmethod
+    def build(self, channels: int, size: int) -> None:
+        """Create the (untrained) networks as submodules for images ``[N, channels, size, size]``."""
+
+    @abstractmethod
+    def train_networks(self, images: Tensor, encoder: nn.Module | None, unlabeled: Tensor | None) -> None:
+        """Train the networks on normal ``images`` (CPU tensor; move batches to ``self.device``)."""
+
+    @abstractmethod
+    def anomaly_map(self, x: Tensor) -> Tensor:
+        """Pixel anomaly maps ``[B, H, W]`` of a batch ``x`` already on ``self.device``."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_shape.device
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        shape = state_dict.get(prefix + "input_shape")
+        if shape is not None and shape.numel() == 2:
+            self.build(int(shape[0]), int(shape[1]))
+            self.to(self.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def fit(
+        self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
+    ) -> ReconstructionDetector:
+        """Build the networks for the images' shape (seeded) and train them on ``images``."""
+        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"{self.name} needs square images [N, C, S, S], got {tuple(images.shape)}")
+        device = self.device
+        self.input_shape = torch.tensor([images.shape[1], images.shape[-1]], device=device)
+        torch.manual_seed(self.params.seed)
+        self.build(images.shape[1], images.shape[-1])
+        self.to(device)
+        self.train_networks(images, encoder, unlabeled)
+        return self.eval()
+
+    @torch.no_grad()
+    def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:
+        """Pixel maps ``[N, H, W]`` and their mean (or max) per image."""
+        if self.input_shape.numel() == 0:
+            raise RuntimeError(f"detector {self.name!r} is not fitted: call fit() or load_state_dict() first")
+        expected = tuple(self.input_shape.tolist())
+        if (images.shape[1], images.shape[-1]) != expected:
+            raise ValueError(f"{self.name} was fitted on [C, S] = {list(expected)} images, got {tuple(images.shape)}")
+        self.eval()
+        maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu() for b in images.split(self.params.batch_size)])
+        flat = maps.flatten(1)
+        scores = flat.mean(1) if self.params.reduction == "mean" else flat.amax(1)
+        return DetectorOutput(scores=scores.double(), maps=maps)
