@@ -171,10 +171,11 @@ def test_encoder_must_return_pooled_embeddings():
 
 
 def test_registry():
-    assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "cosine"}
+    assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "cosine",
+                              "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan"}
     assert EMBEDDING == ["cosine", "lh", "mahalanobis", "nnd"]
     assert applicable_detectors("nnd")[0] == "nnd" and set(applicable_detectors("nnd")) == set(EMBEDDING)
-    with pytest.raises(ValueError, match="known detectors: cosine, lh, mahalanobis, nnd, padim"):
+    with pytest.raises(ValueError, match="known detectors: ae, ae_u, cosine, ddad, fanogan, igd, lh, mahalanobis, memae, msssim_ae, nnd, padim"):
         build_detector("nope")
     with pytest.raises(ValueError):
         build_detector("nnd", {"k": 0})

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from medad.detectors.autoencoders import AEUDetector, AutoEncoderDetector, MemAEDetector, MSSSIMAEDetector
 from medad.detectors.base import Detector
 from medad.detectors.cosine import TemperatureCosineDetector
+from medad.detectors.ddad import DDADDetector
 from medad.detectors.embedding import EmbeddingDetector
+from medad.detectors.fanogan import FAnoGANDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
+from medad.detectors.igd import IGDDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.padim import PadimDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
-        MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector
+        MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector,
+        DDADDetector, AutoEncoderDetector, MemAEDetector, AEUDetector, MSSSIMAEDetector,
+        IGDDetector, FAnoGANDetector,
     )
 }
 

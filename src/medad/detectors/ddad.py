@@ -1,0 +1,218 @@
+"""DDAD: dual-distribution discrepancy with self-supervised refinement (Cai et al., DDAD-ASR).
+
+Two ensembles of K reconstruction networks (``ConvAutoEncoder``; AE or AE-U backbone), each
+member with its own initialisation and data order:
+
+- **NDM** trains on the normal images only (DDAD eq. 1), **UDM** on normal + unlabeled images
+  (eq. 2; only when an unlabeled pool is used).
+- **A_intra** (eq. 3 / 6): per-pixel standard deviation of the NDM reconstructions;
+  **A_inter** (eq. 4 / 7): |mean NDM reconstruction − mean UDM reconstruction|; with the AE-U
+  backbone both are divided by the NDM's mean predicted σ.
+- **ASR-Net** F (``medad.models.asr_net``) refines them: R_dual = σ(F([A_intra, A_inter])) (eq. 8),
+  R_intra = σ(F(A_intra)) (eq. 13), trained with the focal loss (eqs. 11-12) on foreign-patch
+  interpolation anomalies (``medad.augment.fpi``, eqs. 9-10) of the normal images.
+
+The map is R_dual with a pool and R_intra without one (``variant``); ``refine=False`` reports the
+raw A_inter (dual) or A_intra (intra) instead. The image score is the mean of the map.
+
+>>> import torch
+>>> recs = torch.stack([torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)])  # K=2 members
+>>> intra_discrepancy(recs)[0, 0, 0].item(), inter_discrepancy(recs, recs + 1)[0, 0, 0].item()
+(0.5, 1.0)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from medad.augment.fpi import foreign_patch_interpolation
+from medad.detectors.autoencoders import aeu_loss, variance
+from medad.detectors.reconstruction import ReconstructionDetector, ReconstructionParams
+from medad.models.asr_net import ASRNet
+from medad.models.autoencoder import ConvAutoEncoder
+from medad.train.networks import train_network
+
+log = logging.getLogger("medad")
+
+SIGMA_FLOOR = 1e-6
+
+
+# -- pure math ----------------------------------------------------------------------------------
+def intra_discrepancy(recs: Tensor, sigma: Tensor | None = None) -> Tensor:
+    """A_intra ``[B, H, W]`` from NDM reconstructions ``recs [K, B, C, H, W]``.
+
+    DDAD eq. 3: population standard deviation over the K members, per pixel; eq. 6 divides it by
+    ``sigma [B, C, H, W]`` (the NDM's mean predicted σ, AE-U backbone). Channels are averaged.
+    """
+    a = recs.std(0, correction=0)
+    if sigma is not None:
+        a = a / sigma.clamp_min(SIGMA_FLOOR)
+    return a.mean(1)
+
+
+def inter_discrepancy(recs_ndm: Tensor, recs_udm: Tensor, sigma: Tensor | None = None) -> Tensor:
+    """A_inter ``[B, H, W]``: |μ_A − μ_B| of the two ensembles' mean reconstructions (DDAD eq. 4),
+    divided by ``sigma`` for the AE-U backbone (eq. 7); channels are averaged."""
+    a = (recs_ndm.mean(0) - recs_udm.mean(0)).abs()
+    if sigma is not None:
+        a = a / sigma.clamp_min(SIGMA_FLOOR)
+    return a.mean(1)
+
+
+def ensemble_sigma(log_vars: Tensor, min_variance: float = 0.0) -> Tensor:
+    """σ_p of DDAD eqs. 6-7: the mean over the K NDM members of σ = √(exp(log σ²) + ``min_variance``)
+    (the variance floor of :func:`medad.detectors.autoencoders.variance`), ``[B, C, H, W]``."""
+    return variance(log_vars, min_variance).sqrt().mean(0)
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
+    """Mean pixel focal loss −(1 − p_t)^γ log p_t (DDAD eq. 12, Lin et al. 2017) of sigmoid
+    ``logits`` against a {0, 1} ``target``; γ = 0 is the binary cross-entropy."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    return ((1 - p_t).pow(gamma) * bce).mean()
+
+
+# -- detector -----------------------------------------------------------------------------------
+class DDADParams(ReconstructionParams):
+    ensemble: int = Field(3, ge=2, description="K, networks per module (NDM and UDM)")
+    backbone: Literal["ae", "ae_u"] = Field("ae_u", description="reconstruction network: AE (MSE) or AE-U")
+    min_variance: float = Field(1e-3, ge=0, description="AE-U floor added to σ² (as the ae_u detector)")
+    latent: int = Field(16, ge=1, description="autoencoder latent size")
+    hidden: int = Field(1024, ge=1, description="autoencoder hidden fully connected size")
+    variant: Literal["auto", "dual", "intra"] = Field(
+        "auto",
+        description="dual = A_intra + A_inter (needs a pool), intra = A_intra only, auto = dual iff a pool is given",
+    )
+    refine: bool = Field(True, description="refine the raw maps with the ASR-Net (R_dual / R_intra)")
+    asr_epochs: int = Field(100, ge=1, description="ASR-Net training epochs")
+    asr_lr: float = Field(1e-4, gt=0, description="ASR-Net Adam learning rate")
+    asr_weight_decay: float = Field(1e-4, ge=0, description="ASR-Net weight decay")
+    asr_width: int = Field(64, ge=1, description="ASR-Net hidden channels")
+    focal_gamma: float = Field(2.0, ge=0, description="focusing parameter γ of the focal loss")
+
+
+class DDADDetector(ReconstructionDetector):
+    """NDM (+ UDM) ensembles of autoencoders and the ASR-Net; see the module docstring."""
+
+    name = "ddad"
+    Params = DDADParams
+    params: DDADParams
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        # whether the fitted model uses a pool (UDM + two-input ASR-Net): needed to rebuild on load
+        self.register_buffer("dual", torch.tensor(False))
+
+    # -- variant / build ------------------------------------------------------------------------
+    def resolve_variant(self, unlabeled: Tensor | None) -> Literal["dual", "intra"]:
+        has_pool = unlabeled is not None and len(unlabeled) > 0
+        wanted = self.params.variant
+        if wanted == "intra":
+            return "intra"
+        if not has_pool:
+            if wanted == "dual":
+                log.warning("ddad: variant 'dual' needs an unlabeled pool (data.unlabeled); falling back to R_intra")
+            return "intra"
+        return "dual"
+
+    def fit(
+        self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
+    ) -> DDADDetector:
+        variant = self.resolve_variant(unlabeled)
+        self.dual.fill_(variant == "dual")
+        log.info("ddad: %s variant (%s), K=%d, backbone %s", variant,
+                 ("R_" if self.params.refine else "A_") + ("dual" if variant == "dual" else "intra"),
+                 self.params.ensemble, self.params.backbone)
+        super().fit(images, encoder, cache, unlabeled=unlabeled if variant == "dual" else None)
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        dual = state_dict.get(prefix + "dual")
+        if dual is not None:
+            self.dual.fill_(bool(dual))  # before the base class rebuilds the networks
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def build(self, channels: int, size: int) -> None:
+        p = self.params
+
+        def member() -> ConvAutoEncoder:
+            return ConvAutoEncoder(channels, size, latent=p.latent, hidden=p.hidden, uncertainty=p.backbone == "ae_u")
+
+        dual = bool(self.dual)
+        self.ndm = nn.ModuleList(member() for _ in range(p.ensemble))
+        self.udm = nn.ModuleList(member() for _ in range(p.ensemble)) if dual else None
+        self.asr = ASRNet(inputs=2 if dual else 1, width=p.asr_width) if p.refine else None
+
+    # -- training ---------------------------------------------------------------------------------
+    def _reconstruction_loss(self, net: ConvAutoEncoder):
+        def loss(x: Tensor) -> Tensor:
+            out = net(x)
+            if out.log_var is not None:
+                return aeu_loss(x, out.reconstruction, out.log_var, self.params.min_variance)
+            return F.mse_loss(out.reconstruction, x)
+
+        return loss
+
+    def train_networks(self, images: Tensor, encoder: nn.Module | None, unlabeled: Tensor | None) -> None:
+        p = self.params
+        common = {"epochs": p.epochs, "lr": p.lr, "batch_size": p.batch_size}
+        for i, net in enumerate(self.ndm):
+            train_network(net, images, self._reconstruction_loss(net), seed=p.seed + i, name=f"ddad NDM[{i}]", **common)
+        if self.udm is not None:
+            assert unlabeled is not None
+            if unlabeled.shape[1:] != images.shape[1:]:
+                raise ValueError(
+                    f"unlabeled images {tuple(unlabeled.shape)} do not match the normals {tuple(images.shape)}"
+                )
+            both = torch.cat([images, unlabeled.to(images.dtype).cpu()])
+            for i, net in enumerate(self.udm):
+                train_network(net, both, self._reconstruction_loss(net), seed=p.seed + p.ensemble + i,
+                              name=f"ddad UDM[{i}]", **common)
+        if self.asr is not None:
+            self._train_asr(images)
+
+    def _train_asr(self, images: Tensor) -> None:
+        """Stage 2: FPI anomalies of the normals → raw maps (frozen ensembles) → F, focal loss (eq. 11)."""
+        p = self.params
+        asr = self.asr
+        assert asr is not None
+        generator = torch.Generator().manual_seed(p.seed + 2 * p.ensemble)
+
+        def loss(batch: Tensor) -> Tensor:
+            with torch.no_grad():
+                synthetic = foreign_patch_interpolation(batch, generator=generator)
+                maps = self.raw_maps(synthetic.images)
+            return focal_loss(asr(maps), synthetic.masks, p.focal_gamma)
+
+        for module in (*self.ndm, *(self.udm or ())):
+            module.eval()
+        train_network(asr, images, loss, epochs=p.asr_epochs, lr=p.asr_lr, batch_size=p.batch_size,
+                      seed=p.seed + 2 * p.ensemble, weight_decay=p.asr_weight_decay, name="ddad ASR-Net")
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def raw_maps(self, x: Tensor) -> Tensor:
+        """``[B, 2, H, W]`` = [A_intra, A_inter] (dual) or ``[B, 1, H, W]`` = A_intra (intra)."""
+        outs = [net(x) for net in self.ndm]
+        recs = torch.stack([o.reconstruction for o in outs])
+        sigma = None
+        if outs[0].log_var is not None:
+            sigma = ensemble_sigma(torch.stack([o.log_var for o in outs]), self.params.min_variance)
+        intra = intra_discrepancy(recs, sigma)
+        if self.udm is None:
+            return intra.unsqueeze(1)
+        recs_udm = torch.stack([net(x).reconstruction for net in self.udm])
+        return torch.stack([intra, inter_discrepancy(recs, recs_udm, sigma)], 1)
+
+    def anomaly_map(self, x: Tensor) -> Tensor:
+        maps = self.raw_maps(x)
+        if self.asr is None:
+            return maps[:, -1]  # A_inter (dual) or A_intra (intra)
+        return torch.sigmoid(self.asr(maps))
