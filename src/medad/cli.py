@@ -61,7 +61,11 @@ def train(
     out: Path = typer.Option(..., help="Run directory to write (model/, metrics.json, report.html, ...)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags below override it."),
     method: Optional[str] = typer.Option(None, help="Pre-training method, e.g. contrastive."),
-    detector: Optional[str] = typer.Option(None, help="Primary score: mahalanobis, nnd, lh, cosine, padim, or a reconstruction detector (ae, memae, ae_u, msssim_ae, ddad, igd, fanogan; see `medad list`)."),
+    detector: Optional[str] = typer.Option(
+        None,
+        help="Primary score: mahalanobis, nnd, lh, cosine, padim, or a reconstruction detector "
+        "(ae, memae, ae_u, msssim_ae, ddad, igd, fanogan; see `medad list`).",
+    ),
     image_size: Optional[int] = typer.Option(None, help="Square image side in pixels."),
     channels: Optional[int] = typer.Option(None, help="1 (grey) or 3 (RGB) channels for every image."),
     epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),

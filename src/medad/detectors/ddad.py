@@ -105,6 +105,7 @@ class DDADDetector(ReconstructionDetector):
     name = "ddad"
     Params = DDADParams
     params: DDADParams
+    statistics = ("input_shape", "dual")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -133,12 +134,6 @@ class DDADDetector(ReconstructionDetector):
                  self.params.ensemble, self.params.backbone)
         super().fit(images, encoder, cache, unlabeled=unlabeled if variant == "dual" else None)
         return self
-
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        dual = state_dict.get(prefix + "dual")
-        if dual is not None:
-            self.dual.fill_(bool(dual))  # before the base class rebuilds the networks
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def build(self, channels: int, size: int) -> None:
         p = self.params

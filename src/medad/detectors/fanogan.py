@@ -84,12 +84,6 @@ class FAnoGANDetector(ReconstructionDetector):
         super().__init__(**params)
         self.register_buffer("backbone_spec", torch.empty(0, dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        spec = state_dict.get(prefix + "backbone_spec")
-        if spec is not None:
-            self.backbone_spec = spec.detach().clone().to(self.device)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
     def fit(
         self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
     ) -> FAnoGANDetector:

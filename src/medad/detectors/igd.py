@@ -188,12 +188,6 @@ class IGDDetector(ReconstructionDetector):
         patch = min(self.params.patch_size, size // 2)
         return patch if self.params.local and patch >= MIN_PATCH else 0
 
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        spec = state_dict.get(prefix + "backbone_spec")
-        if spec is not None:
-            self.backbone_spec = spec.detach().clone().to(self.device)
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
     def fit(
         self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
     ) -> IGDDetector:

@@ -3,7 +3,9 @@ IGD, f-AnoGAN): they produce a pixel anomaly map per image and reduce it to an i
 
 The network is built in ``fit`` from the training images' channels and size, and these are kept
 in the buffer ``input_shape``, so a saved detector rebuilds the same network before its weights
-are loaded (``load_state_dict`` on a fresh detector just works, as for the other detectors).
+are loaded (``load_state_dict`` on a fresh detector just works, as for the other detectors). A
+subclass whose networks depend on more than the input shape lists the buffers that say so in
+``statistics``; they are loaded before ``build`` is called.
 Networks train with :func:`medad.train.networks.train_network`. The image score is the mean of
 the map by default (the MedIAnomaly convention) or its max (``reduction``); metrics.json says
 which was used (``image_score_from_map``).
@@ -61,10 +63,15 @@ class ReconstructionDetector(Detector):
         return self.input_shape.device
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-        shape = state_dict.get(prefix + "input_shape")
-        if shape is not None and shape.numel() == 2:
-            self.build(int(shape[0]), int(shape[1]))
-            self.to(self.device)
+        # the buffers named in ``statistics`` describe the networks (input shape, and e.g. which
+        # variant or backbone was fitted): take them first, then rebuild, then load the weights
+        device = self.device
+        for name in self.statistics:
+            if prefix + name in state_dict:
+                setattr(self, name, state_dict[prefix + name].detach().clone().to(device))
+        if self.input_shape.numel() == 2:
+            self.build(int(self.input_shape[0]), int(self.input_shape[1]))
+            self.to(device)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def fit(
@@ -90,7 +97,8 @@ class ReconstructionDetector(Detector):
         if (images.shape[1], images.shape[-1]) != expected:
             raise ValueError(f"{self.name} was fitted on [C, S] = {list(expected)} images, got {tuple(images.shape)}")
         self.eval()
-        maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu() for b in images.split(self.params.batch_size)])
+        batches = images.split(self.params.batch_size)
+        maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu() for b in batches])
         flat = maps.flatten(1)
         scores = flat.mean(1) if self.params.reduction == "mean" else flat.amax(1)
         return DetectorOutput(scores=scores.double(), maps=maps)

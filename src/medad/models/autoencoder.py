@@ -41,7 +41,8 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 
 
 def _deconv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    deconv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+    return nn.Sequential(deconv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 def _linear(fin: int, fout: int) -> nn.Sequential:
