@@ -9,7 +9,7 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 RUN    := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) MPLBACKEND=Agg
 DEMO_DIR ?= runs/demo
 
-.PHONY: env demo test bench bench-pretraining clean
+.PHONY: env demo test bench bench-pretraining bench-selfsupervised bench-reconstruction clean
 
 env: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: $(STAMP)
 
 bench-pretraining: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/pretraining.py
+
+bench-selfsupervised: $(STAMP)
+	$(RUN) $(BIN)/python benchmarks/selfsupervised.py --resume
+
+bench-reconstruction: $(STAMP)
+	$(RUN) $(BIN)/python benchmarks/reconstruction.py --resume
 
 clean:
 	rm -rf $(VENV) runs data/synthetic
