@@ -104,7 +104,8 @@ def train(
     except _USER_ERRORS as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        console.print(f"interrupted: continue with the same command plus --resume (checkpoint in {out / 'checkpoints'})")
+        checkpoints = out / "checkpoints"
+        console.print(f"interrupted: continue with the same command plus --resume (checkpoint in {checkpoints})")
         raise typer.Exit(code=130) from None
     _print_summary(metrics, out)
 
