@@ -16,20 +16,9 @@ from medad.methods.pretext import sample_patch_pairs
 from medad.methods.registry import METHODS, build_method
 from medad.models.resnet import ResNetEncoder
 
+from toys import ToyEncoder  # tests/ is on sys.path
 
 
-
-class ToyEncoder(nn.Module):
-    """A convolution and a 2x2 average pool: any image size in, 8-d out."""
-
-    out_dim = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def test_shift_classification_loss_is_the_cross_entropy_of_hand_made_logits() -> None:

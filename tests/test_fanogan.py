@@ -1,14 +1,11 @@
-"""f-AnoGAN: gradient penalty, izi_f loss/map, tiny end-to-end fits, save/load and the API."""
+"""f-AnoGAN: gradient penalty, izi_f loss/map, tiny end-to-end fits and save/load (API: test_reconstruction_pipeline.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from medad import AnomalyDetector
-from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
 from medad.detectors.fanogan import FAnoGANDetector, fanogan_map, izi_f_loss
 from medad.detectors.registry import build_detector
@@ -17,7 +14,9 @@ from medad.models.gan import (
 )
 from medad.models.resnet import ResNetEncoder
 
-TINY = {"epochs": 2, "batch_size": 4, "latent_dim": 8, "width": 4, "critic_iters": 2}
+from toys import TINY_DETECTOR_PARAMS  # tests/ is on sys.path
+
+TINY = TINY_DETECTOR_PARAMS["fanogan"]
 
 
 def _linear_critic(weight: torch.Tensor):
@@ -118,20 +117,3 @@ def test_scratch_encoder_and_unusable_medad_encoder() -> None:
         fresh.load_state_dict(det.state_dict())
         assert torch.allclose(fresh.score(normals, None).scores, det.score(normals, None).scores, atol=1e-6)
 
-
-def test_api_method_none_fit_score_save_load(tmp_path) -> None:
-    cfg = RunConfig.model_validate({
-        "data": {"image_size": 32, "val_fraction": 0.25},
-        "encoder": {"width": 8},
-        "train": {"epochs": 1, "batch_size": 8, "progress": False},
-        "detector": {"name": "fanogan", "params": TINY},
-    })
-    normals, _ = make_phantoms(8, 32, seed=0)
-    test, _ = make_phantoms(3, 32, seed=3, lesion=True)
-    model = AnomalyDetector(cfg, method="none", detector="fanogan").fit(normals)
-    scores = model.decision_function(test)
-    assert scores.shape == (3,) and np.isfinite(scores).all()
-    assert model.anomaly_map(test).shape == (3, 32, 32)
-    model.save(tmp_path / "m")
-    loaded = AnomalyDetector.load(tmp_path / "m")
-    assert np.allclose(loaded.decision_function(test), scores, atol=1e-6)

@@ -1,13 +1,10 @@
-"""IGD: the pure loss / score functions, tiny end-to-end fits, save/load and the API."""
+"""IGD: the pure loss / score functions, tiny end-to-end fits and save/load (API: test_reconstruction_pipeline.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from medad import AnomalyDetector
-from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
 from medad.detectors.igd import (
     IGDDetector, acai_critic_loss, acai_interpolate, acai_target, estimate_gaussian, gaussian_anomaly,
@@ -16,7 +13,9 @@ from medad.detectors.igd import (
 from medad.detectors.registry import build_detector
 from medad.models.resnet import ResNetEncoder
 
-TINY = {"epochs": 1, "batch_size": 4, "decoder_width": 4, "critic_width": 4, "patches_per_image": 2}
+from toys import TINY_DETECTOR_PARAMS  # tests/ is on sys.path
+
+TINY = TINY_DETECTOR_PARAMS["igd"]
 
 
 def test_gaussian_classifier_is_zero_at_the_mean_and_tends_to_one() -> None:
@@ -116,20 +115,3 @@ def test_without_encoder_and_global_only() -> None:
     assert det.score(normals[:2], None).maps.shape == (2, 16, 16)
     assert IGDDetector(**TINY).local_patch(16) == 8 and IGDDetector(**TINY).local_patch(12) == 0
 
-
-def test_api_method_none_fit_score_save_load(tmp_path) -> None:
-    cfg = RunConfig.model_validate({
-        "data": {"image_size": 32, "val_fraction": 0.25},
-        "encoder": {"width": 8},
-        "train": {"epochs": 1, "batch_size": 8, "progress": False},
-        "detector": {"name": "igd", "params": TINY},
-    })
-    normals, _ = make_phantoms(8, 32, seed=0)
-    test, _ = make_phantoms(3, 32, seed=3, lesion=True)
-    model = AnomalyDetector(cfg, method="none", detector="igd").fit(normals)
-    scores = model.decision_function(test)
-    assert scores.shape == (3,) and np.isfinite(scores).all()
-    assert model.anomaly_map(test).shape == (3, 32, 32)
-    model.save(tmp_path / "m")
-    loaded = AnomalyDetector.load(tmp_path / "m")
-    assert np.allclose(loaded.decision_function(test), scores, atol=1e-6)

@@ -1,4 +1,4 @@
-"""An autoencoder detector end to end: the Python API (no pre-training) and one CLI run."""
+"""Reconstruction detectors end to end: the Python API (no pre-training; ae, igd, fanogan) and one CLI run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from toys import TINY_DETECTOR_PARAMS  # tests/ is on sys.path
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector
@@ -68,3 +69,22 @@ def test_cli_train_with_an_autoencoder(tmp_path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["detector"] == "ae" and metrics["score_names"] == ["ae"]
     assert "image_auroc" in metrics and metrics["image_score_from_map"] == "mean"
+
+
+@pytest.mark.parametrize("name", ["igd", "fanogan"])
+def test_api_method_none_fit_score_save_load(name, tmp_path) -> None:
+    cfg = RunConfig.model_validate({
+        "data": {"image_size": 32, "val_fraction": 0.25},
+        "encoder": {"width": 8},
+        "train": {"epochs": 1, "batch_size": 8, "progress": False},
+        "detector": {"name": name, "params": TINY_DETECTOR_PARAMS[name]},
+    })
+    normals, _ = make_phantoms(8, 32, seed=0)
+    test, _ = make_phantoms(3, 32, seed=3, lesion=True)
+    model = AnomalyDetector(cfg, method="none", detector=name).fit(normals)
+    scores = model.decision_function(test)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    assert model.anomaly_map(test).shape == (3, 32, 32)
+    model.save(tmp_path / "m")
+    loaded = AnomalyDetector.load(tmp_path / "m")
+    assert np.allclose(loaded.decision_function(test), scores, atol=1e-6)
