@@ -1,4 +1,4 @@
-"""f-AnoGAN: gradient penalty, izi_f loss/map, tiny end-to-end fits and save/load (API: test_reconstruction_pipeline.py)."""
+"""f-AnoGAN: gradient penalty, izi_f loss/map, tiny fits and save/load (API: test_reconstruction_pipeline.py)."""
 
 from __future__ import annotations
 
