@@ -27,7 +27,7 @@ from medad.config import RunConfig
 from medad.pipeline import train_run
 
 from lgg_position import position_matched_auroc  # benchmarks/ is on sys.path
-from results_table import append_row, load_rows, mean_std
+from results_table import append_row, load_rows, print_table
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"lgg": ("lgg_brain_mri_dev", 3), "pneumoniamnist": ("pneumoniamnist.npz", 1)}
@@ -65,20 +65,6 @@ def add_position_matched(row: dict, out: Path) -> dict:
     return row
 
 
-def print_table(rows: list[dict]) -> None:
-    scores = ["padim", *FEATURE_SCORES]
-    columns = [*(f"auroc_{s}" for s in scores), *PIXEL_KEYS, *(f"auroc_{s}_posmatched" for s in scores), "train_seconds"]
-    header = f"{'dataset':<15}{'method':<12}{'seeds':<7}" + "".join(f"{c:>19}" for c in columns)
-    print(header)
-    for dataset in DATASETS:
-        for method in METHODS:
-            group = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
-            if not group:
-                continue
-            cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in columns]
-            print(f"{dataset:<15}{method:<12}{len(group):<7}" + "".join(f"{c:>19}" for c in cells))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -105,7 +91,10 @@ def main() -> None:
                 rows.append(row)
                 append_row(results, row)
     print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, CPU; mean ± std over seeds")
-    print_table(rows)
+    scores = ["padim", *FEATURE_SCORES]
+    columns = [*(f"auroc_{s}" for s in scores), *PIXEL_KEYS, *(f"auroc_{s}_posmatched" for s in scores),
+               "train_seconds"]
+    print_table(rows, DATASETS, "method", METHODS, columns)
 
 
 if __name__ == "__main__":

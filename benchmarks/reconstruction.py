@@ -43,7 +43,7 @@ from medad.data.pool import build_pool
 from medad.detectors.registry import DETECTORS
 from medad.pipeline import train_run
 
-from results_table import append_row, load_rows, mean_std  # benchmarks/ is on sys.path
+from results_table import append_row, load_rows, print_table  # benchmarks/ is on sys.path
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"pneumoniamnist": ("pneumoniamnist.npz", 1), "lgg": ("lgg_brain_mri_dev", 3)}
@@ -131,16 +131,6 @@ def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: 
     return row
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'dataset':<15}{'variant':<20}{'seeds':<6}" + "".join(f"{c:>16}" for c in COLUMNS))
-    for dataset in DATASETS:
-        for variant in VARIANTS:
-            group = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
-            if group:
-                cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in COLUMNS]
-                print(f"{dataset:<15}{variant:<20}{len(group):<6}" + "".join(f"{c:>16}" for c in cells))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -174,7 +164,7 @@ def main() -> None:
                     append_row(results, row)
     print(f"\n{IMAGE_SIZE} px, method none, {args.epochs} epochs (ASR-Net {args.asr_epochs}), D_n = {args.max_train}, "
           "CPU; mean ± std over seeds; dice at the label-free pixel threshold, oracle_dice on the test masks")
-    print_table(rows)
+    print_table(rows, DATASETS, "variant", VARIANTS, COLUMNS, width=16)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ results and ``--resume`` can skip them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,17 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def print_table(rows: list[dict], datasets: Iterable[str], key: str, values: Iterable[str],
+                columns: Sequence[str], width: int = 19) -> None:
+    """One line per (dataset, ``row[key]``) that has rows: the number of seeds and mean ± std of
+    every column over them (missing values skipped)."""
+    values = list(values)
+    print(f"{'dataset':<15}{key:<20}{'seeds':<6}" + "".join(f"{c:>{width}}" for c in columns))
+    for dataset in datasets:
+        for value in values:
+            group = [r for r in rows if r["dataset"] == dataset and r[key] == value]
+            if group:
+                cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in columns]
+                print(f"{dataset:<15}{value:<20}{len(group):<6}" + "".join(f"{c:>{width}}" for c in cells))

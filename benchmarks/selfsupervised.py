@@ -32,7 +32,7 @@ from medad.models.resnet import build_encoder
 from medad.pipeline import train_run
 from medad.train.checkpoint import load_checkpoint
 
-from results_table import append_row, load_rows, mean_std  # benchmarks/ is on sys.path
+from results_table import append_row, load_rows, print_table  # benchmarks/ is on sys.path
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"breastmnist": ("breastmnist.npz", 1), "pneumoniamnist": ("pneumoniamnist.npz", 1),
@@ -106,18 +106,6 @@ def run(dataset: str, variant: str, seed: int, epochs: int, width: int, out: Pat
     return row
 
 
-def print_table(rows: list[dict]) -> None:
-    columns = [*(f"auroc_{s}" for s in SCORES), *(f"last_auroc_{s}" for s in SCORES), "selected_epoch",
-               "train_seconds"]
-    print(f"{'dataset':<15}{'variant':<20}{'seeds':<6}" + "".join(f"{c:>23}" for c in columns))
-    for dataset in DATASETS:
-        for variant in VARIANTS:
-            group = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
-            if group:
-                cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in columns]
-                print(f"{dataset:<15}{variant:<20}{len(group):<6}" + "".join(f"{c:>23}" for c in cells))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -142,7 +130,9 @@ def main() -> None:
                     append_row(results, row)
     print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, CPU; mean ± std over seeds; "
           "auroc_* = checkpoint selected by the sensitivity score, last_auroc_* = last epoch")
-    print_table(rows)
+    columns = [*(f"auroc_{s}" for s in SCORES), *(f"last_auroc_{s}" for s in SCORES), "selected_epoch",
+               "train_seconds"]
+    print_table(rows, DATASETS, "variant", VARIANTS, columns, width=23)
 
 
 if __name__ == "__main__":
