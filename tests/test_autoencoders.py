@@ -13,17 +13,14 @@ from medad.detectors.autoencoders import (
     AEUDetector,
     MSSSIMAEDetector,
     aeu_loss,
-    assemble_patches,
     attention_entropy,
-    extract_patches,
     local_patch_size,
     memae_loss,
     msssim_error_map,
     normalized_error_map,
-    patch_positions,
-    random_patches,
     squared_error_map,
 )
+from medad.detectors.patches import assemble_patches, extract_patches, patch_positions, random_patches
 from medad.detectors.registry import DETECTORS, applicable_detectors, build_detector
 from medad.models.autoencoder import AEOutput, MemoryModule
 

@@ -8,8 +8,9 @@ import torch
 from medad.data.synthetic import make_phantoms
 from medad.detectors.igd import (
     IGDDetector, acai_critic_loss, acai_interpolate, acai_target, estimate_gaussian, gaussian_anomaly,
-    gaussian_from_moments, igd_score, patch_positions, reconstruction_loss, reconstruction_map,
+    gaussian_from_moments, igd_score, reconstruction_loss, reconstruction_map,
 )
+from medad.detectors.patches import patch_positions
 from medad.detectors.registry import build_detector
 from medad.models.resnet import ResNetEncoder
 

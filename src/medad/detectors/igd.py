@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import DetectorParams
+from medad.detectors.patches import patch_positions, random_patches
 from medad.detectors.reconstruction import ReconstructionDetector, ReconstructionParams
 from medad.models.decoder import (
     ConvDecoder, backbone_from_spec, backbone_spec, copy_weights, default_spec, usable_backbone,
@@ -113,19 +114,6 @@ def reconstruction_map(x: Tensor, rec: Tensor, rho: float) -> Tensor:
 def igd_score(rec: Tensor, h: Tensor, xi: float) -> Tensor:
     """s = ξ ℓ_rec + (1 − ξ) h (CCD eq. 5 with h the anomaly form of the classifier)."""
     return xi * rec + (1 - xi) * h
-
-
-def patch_positions(size: int, patch: int, stride: int) -> list[int]:
-    """Top-left offsets of patches along one side, every ``stride`` px, the last one flush with
-    the border so every pixel is covered.
-
-    >>> patch_positions(32, 16, 8), patch_positions(30, 15, 7)
-    ([0, 8, 16], [0, 7, 14, 15])
-    """
-    positions = list(range(0, size - patch + 1, stride))
-    if positions[-1] != size - patch:
-        positions.append(size - patch)
-    return positions
 
 
 # -- networks ---------------------------------------------------------------------------------
@@ -240,7 +228,7 @@ class IGDDetector(ReconstructionDetector):
                     continue
                 x = images[idx].to(self.device)
                 for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
-                    batch = x if patch == 0 else self._random_patches(x, patch, generator)
+                    batch = x if patch == 0 else random_patches(x, patch, self.params.patches_per_image, generator)
                     totals[i] += self._step(model, opt_ae, opt_critic, batch, generator, epoch)
             log.debug("igd epoch %d/%d losses %s", epoch + 1, p.epochs, [round(t, 5) for t in totals])
         self._refresh(images)
@@ -267,12 +255,6 @@ class IGDDetector(ReconstructionDetector):
         critic_loss.backward()
         opt_critic.step()
         return loss.item()
-
-    def _random_patches(self, x: Tensor, patch: int, generator: torch.Generator) -> Tensor:
-        """``patches_per_image`` crops per image at uniformly drawn offsets ``[B · k, C, p, p]``."""
-        k, size = self.params.patches_per_image, x.shape[-1]
-        offsets = torch.randint(0, size - patch + 1, (len(x), k, 2), generator=generator).tolist()
-        return torch.stack([x[b, :, i : i + patch, j : j + patch] for b in range(len(x)) for i, j in offsets[b]])
 
     @torch.no_grad()
     def _refresh(self, images: Tensor) -> None:
