@@ -45,12 +45,13 @@ def mean_std(values: list[float]) -> str:
 def print_table(rows: list[dict], datasets: Iterable[str], key: str, values: Iterable[str],
                 columns: Sequence[str], width: int = 19) -> None:
     """One line per (dataset, ``row[key]``) that has rows: the number of seeds and mean ± std of
-    every column over them (missing values skipped)."""
+    every column over them (missing values skipped); columns are at least ``width`` wide."""
     values = list(values)
-    print(f"{'dataset':<15}{key:<20}{'seeds':<6}" + "".join(f"{c:>{width}}" for c in columns))
+    widths = [max(width, len(c) + 2) for c in columns]
+    print(f"{'dataset':<15}{key:<20}{'seeds':<6}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for dataset in datasets:
         for value in values:
             group = [r for r in rows if r["dataset"] == dataset and r[key] == value]
             if group:
                 cells = [mean_std([r[c] for r in group if r.get(c) is not None]) for c in columns]
-                print(f"{dataset:<15}{value:<20}{len(group):<6}" + "".join(f"{c:>{width}}" for c in cells))
+                print(f"{dataset:<15}{value:<20}{len(group):<6}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))

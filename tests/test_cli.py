@@ -69,3 +69,23 @@ def test_set_overrides_any_config_value(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r2"),
                                  "--set", "encoder.nonsense=1"])
     assert result.exit_code == 2 and "nonsense" in result.output
+
+
+def test_select_by_and_unlabeled_flags(tmp_path):
+    """--select-by and --unlabeled set train.select_by and data.unlabeled (the issue's named flags)."""
+    data = tmp_path / "data"
+    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "16",
+                        "--n-test-normal", "2", "--n-test-abnormal", "2"])
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--image-size", "32",
+                                 "--epochs", "2", "--batch-size", "4", "--no-progress", "--detector", "nnd",
+                                 "--set", "encoder.width=4", "--set", "train.sensitivity_holdout=4",
+                                 "--select-by", "sensitivity", "--unlabeled", str(data / "test" / "lesion")])
+    assert result.exit_code == 0, result.output
+    saved = (run / "config.yaml").read_text()
+    assert "select_by: sensitivity" in saved and f"unlabeled: {data / 'test' / 'lesion'}" in saved
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["select_by"] == "sensitivity" and metrics["selected_epoch"] in (1, 2)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r2"),
+                                 "--select-by", "best-guess"])
+    assert result.exit_code == 2 and "select_by" in result.output

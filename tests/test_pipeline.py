@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -171,12 +172,14 @@ def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
     )
     metrics = train_run(cfg, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["history"]
-    assert all(0.0 <= h["sensitivity"] <= 1.0 for h in history)
-    best = max(history, key=lambda h: h["sensitivity"])["epoch"]
-    assert metrics["select_by"] == "sensitivity" and metrics["selected_epoch"] == best
+    assert all(0.0 <= h["sensitivity"] <= 1.0 and 0.0 < h["sensitivity_se"] < 0.5 for h in history)
+    best, last = max(history, key=lambda h: h["sensitivity"]), history[-1]
+    clear_gain = best["sensitivity"] - last["sensitivity"] > math.hypot(best["sensitivity_se"], last["sensitivity_se"])
+    assert metrics["select_by"] == "sensitivity"
+    assert metrics["selected_epoch"] == (best if clear_gain else last)["epoch"]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "sensitivity score is the AUROC" in html
+    assert "sensitivity score is the AUROC" in html and "standard error" in html
 
 
 def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):

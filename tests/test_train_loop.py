@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,28 +159,73 @@ def test_loop_calls_the_method_hooks_in_order():
     assert method.steps_after == 4
 
 
-def test_selection_by_sensitivity_restores_the_best_checkpoint(tmp_path):
-    """A fake sensitivity that peaks at epoch 2: the returned weights are epoch 2's, also after resume."""
-    values = iter([0.55, 0.7, 0.6, 0.52])
-    snapshots = {}
+class FakeSensitivity:
+    """Returns the given scores in turn, with a fixed standard error, and snapshots the encoder."""
 
-    def fake_sensitivity(encoder):
-        snapshots[len(snapshots) + 1] = encoder.weight.detach().clone()
-        return next(values)
+    def __init__(self, values, se):
+        self.values, self.se, self.snapshots = iter(values), se, {}
 
+    def __call__(self, encoder):
+        self.snapshots[len(self.snapshots) + 1] = encoder.weight.detach().clone()
+        return next(self.values)
+
+    def standard_error(self, value):
+        return self.se
+
+
+@pytest.mark.parametrize("se, chosen", [(0.01, 2), (0.2, 4)])
+def test_selection_by_sensitivity_leaves_the_last_epoch_only_for_a_clear_gain(tmp_path, se, chosen):
+    """The score peaks at epoch 2 (0.7 vs 0.52 at the end): a gain of 0.18, i.e. 12.7 standard errors
+    of the difference with SE 0.01 (epoch 2 is restored) but 0.64 with SE 0.2 (the last epoch stays)."""
+    score = FakeSensitivity([0.55, 0.7, 0.6, 0.52], se)
     method = _method()
     history = train_method(method, torch.rand(16, 1, 2, 2), torch.rand(4, 1, 2, 2),
-                           _cfg(select_by="sensitivity"), checkpoint_path=tmp_path / "last.pt",
-                           sensitivity=fake_sensitivity)
+                           _cfg(select_by="sensitivity"), checkpoint_path=tmp_path / "last.pt", sensitivity=score)
     assert [h["sensitivity"] for h in history] == [0.55, 0.7, 0.6, 0.52]
-    assert [h["selected"] for h in history] == [False, True, False, False]
-    assert torch.equal(method.encoder.weight, snapshots[2])
-    assert load_checkpoint(tmp_path / "best.pt")[1]["epoch"] == 2
+    assert [h["sensitivity_se"] for h in history] == [se] * 4
+    assert [h["selected"] for h in history] == [h["epoch"] == chosen for h in history]
+    assert torch.equal(method.encoder.weight, score.snapshots[chosen])
+    assert load_checkpoint(tmp_path / "best.pt")[1]["epoch"] == 2  # the best-scoring checkpoint is kept either way
+
+
+def test_selection_margin_zero_takes_the_highest_score():
+    score = FakeSensitivity([0.55, 0.7, 0.6, 0.52], 0.2)
+    method = _method()
+    history = train_method(method, torch.rand(16, 1, 2, 2), torch.rand(4, 1, 2, 2),
+                           _cfg(select_by="sensitivity", select_margin=0.0), sensitivity=score)
+    assert [h["epoch"] for h in history if h["selected"]] == [2]
+    assert torch.equal(method.encoder.weight, score.snapshots[2])
 
 
 def test_selection_needs_a_sensitivity_score():
     with pytest.raises(ValueError, match="validation normals"):
         train_method(_method(), torch.rand(8, 1, 2, 2), None, _cfg(select_by="sensitivity"))
+
+
+def test_auroc_standard_error_matches_hanley_mcneil():
+    """Eq. 2 of Hanley & McNeil evaluated by hand, its 1/sqrt(n) law and its limits."""
+    from medad.train.selection import auroc_standard_error
+
+    assert auroc_standard_error(0.5, 50, 50) == pytest.approx(2 ** 0.5 * auroc_standard_error(0.5, 100, 100), rel=0.02)
+    assert auroc_standard_error(1.0, 30, 30) == 0.0
+    # direct evaluation of eq. 2 for A = 0.8, 40 positives, 60 negatives
+    q1, q2 = 0.8 / 1.2, 2 * 0.64 / 1.8
+    expected = ((0.8 * 0.2 + 39 * (q1 - 0.64) + 59 * (q2 - 0.64)) / 2400) ** 0.5
+    assert auroc_standard_error(0.8, 40, 60) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="both classes"):
+        auroc_standard_error(0.5, 0, 10)
+
+
+def test_auroc_standard_error_matches_the_spread_of_a_null_auroc():
+    """Under no difference the AUROC's spread over resamples is what the formula predicts."""
+    from sklearn.metrics import roc_auc_score
+
+    from medad.train.selection import auroc_standard_error
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(64), np.ones(57)]
+    aurocs = [roc_auc_score(labels, rng.normal(size=121)) for _ in range(2000)]
+    assert np.std(aurocs) == pytest.approx(auroc_standard_error(0.5, 57, 64), rel=0.1)
 
 
 def test_sensitivity_score_is_an_auroc_of_held_out_training_vs_validation_normals():

@@ -66,6 +66,9 @@ def train(
         help="Primary score: mahalanobis, nnd, lh, cosine, padim, or a reconstruction detector "
         "(ae, memae, ae_u, msssim_ae, ddad, igd, fanogan; see `medad list`).",
     ),
+    unlabeled: Optional[Path] = typer.Option(
+        None, help="Folder or .npz of unlabeled images (labels unknown) for detectors that use them (ddad)."
+    ),
     image_size: Optional[int] = typer.Option(None, help="Square image side in pixels."),
     channels: Optional[int] = typer.Option(None, help="1 (grey) or 3 (RGB) channels for every image."),
     epochs: Optional[int] = typer.Option(None, help="Pre-training epochs."),
@@ -73,6 +76,9 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
     seed: Optional[int] = typer.Option(None, help="Seed for every random source."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto."),
+    select_by: Optional[str] = typer.Option(
+        None, help="Checkpoint to keep: last, or sensitivity (label-free; see train.select_margin)."
+    ),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -97,6 +103,7 @@ def train(
         base = apply_overrides(load_config(config) if config else RunConfig(), parse_assignments(set_))
         cfg = apply_shortcuts(
             base, data=None if data is None else str(data), method=method, detector=detector,
+            unlabeled=None if unlabeled is None else str(unlabeled), select_by=select_by,
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, progress=None if progress else False,
         )

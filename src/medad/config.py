@@ -94,6 +94,10 @@ class TrainConfig(_Strict):
     select_by: Literal["last", "sensitivity"] = Field(
         "last", description="keep the last epoch, or the checkpoint with the highest sensitivity score"
     )
+    select_margin: float = Field(
+        1.0, ge=0, description="with select_by=sensitivity, leave the last epoch only for a checkpoint whose "
+        "score is higher by more than this many standard errors (0 = take the highest score)"
+    )
     sensitivity_holdout: int = Field(
         64, ge=0, description="training normals held out for the sensitivity score (0 = do not compute it)"
     )
@@ -192,6 +196,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 # Short names shared by the CLI flags and the Python API's keyword arguments.
 SHORTCUTS: dict[str, str] = {
     "data": "data.path",
+    "unlabeled": "data.unlabeled",
     "image_size": "data.image_size",
     "channels": "data.channels",
     "method": "method.name",
@@ -202,6 +207,7 @@ SHORTCUTS: dict[str, str] = {
     "seed": "train.seed",
     "device": "train.device",
     "progress": "train.progress",
+    "select_by": "train.select_by",
 }
 
 

@@ -294,16 +294,18 @@ def _training(history: list[dict] | None) -> str:
         return _section("training", _note("No training history given."))
     rows = [
         [str(h["epoch"]), _fmt("loss", h.get("loss")), _fmt("loss", h.get("val_loss")),
-         _fmt("sensitivity", h.get("sensitivity")), "selected" if h.get("selected") else ""]
+         _fmt("sensitivity", h.get("sensitivity")), _fmt("sensitivity", h.get("sensitivity_se")),
+         "selected" if h.get("selected") else ""]
         for h in history if h.get("sensitivity") is not None or h.get("selected")
     ]
     table = ""
     if rows:
         table = (
             "<p>Checkpoints: the sensitivity score is the AUROC separating held-out training normals from "
-            "validation normals (no abnormal image involved); with <code>train.select_by: sensitivity</code> "
-            "the checkpoint with the highest score is kept.</p>"
-            + _table(["epoch", "training loss", "validation loss", "sensitivity", ""], rows)
+            "validation normals (no abnormal image involved), with its Hanley–McNeil standard error; with "
+            "<code>train.select_by: sensitivity</code> the highest-scoring checkpoint replaces the last epoch "
+            "only if it scores higher by more than <code>train.select_margin</code> standard errors.</p>"
+            + _table(["epoch", "training loss", "validation loss", "sensitivity", "standard error", ""], rows)
         )
     return _section("training", _img(figures.loss_png(history), "loss per epoch") + table)
 

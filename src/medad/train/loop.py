@@ -25,7 +25,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor
 from medad.config import TrainConfig
 from medad.methods.base import PretrainMethod
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.selection import CheckpointScore, choose_checkpoint
 
 log = logging.getLogger("medad.train")
 
@@ -121,7 +121,7 @@ def train_method(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
-    sensitivity: Callable[[torch.nn.Module], float] | None = None,
+    sensitivity: CheckpointScore | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``method`` on ``train_images`` for ``cfg.epochs`` epochs; return the per-epoch history.
 
@@ -131,10 +131,12 @@ def train_method(
     manifest) must match the checkpoint's, so a run is never resumed with other settings.
 
     ``sensitivity`` (e.g. a :class:`~medad.train.selection.SensitivityScore`) is evaluated on the
-    encoder at every checkpoint epoch and recorded in the history; with
-    ``cfg.select_by == "sensitivity"`` the weights of the best-scoring checkpoint (also saved as
-    ``best.pt`` beside ``checkpoint_path``) are restored at the end, and that epoch's history
-    record gets ``"selected": True``.
+    encoder at every checkpoint epoch and recorded in the history with its standard error. The
+    best-scoring checkpoint is kept (in memory and as ``best.pt`` beside ``checkpoint_path``); with
+    ``cfg.select_by == "sensitivity"`` its weights are restored at the end if
+    :func:`~medad.train.selection.choose_checkpoint` prefers it to the last epoch by
+    ``cfg.select_margin`` standard errors. The history record of the epoch in use gets
+    ``"selected": True``.
     """
     device = torch.device(device)
     if len(train_images) < 2:
@@ -233,6 +235,7 @@ def train_method(
             checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
             if sensitivity is not None and checkpoint_epoch:
                 record["sensitivity"] = sensitivity(method.encoder)
+                record["sensitivity_se"] = sensitivity.standard_error(record["sensitivity"])
                 consider(epoch, record["sensitivity"])
             history.append(record)
             log.info(
@@ -246,10 +249,12 @@ def train_method(
             )
             if checkpoint_epoch:
                 save(epoch)
-    if selecting and best["epoch"] is not None:
-        method.load_state_dict(best["state"])
+    chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
+    if chosen is not None:
+        if chosen == best["epoch"] and chosen != history[-1]["epoch"]:
+            method.load_state_dict(best["state"])
         for record in history:
-            record["selected"] = record["epoch"] == best["epoch"]
-        log.info("selected epoch %d (sensitivity %.4f)", best["epoch"], best["value"])
+            record["selected"] = record["epoch"] == chosen
+        log.info("selected epoch %d (best sensitivity %.4f at epoch %d)", chosen, best["value"], best["epoch"])
     method.eval()
     return history
