@@ -33,6 +33,7 @@ from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
+from medad.progress import progress_enabled
 from medad.runtime import resolve_device, seed_everything, set_threads
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.loop import train_method
@@ -177,10 +178,11 @@ class AnomalyDetector:
         pool = None if unlabeled is None else self._tensor(unlabeled)
         cache: dict = {}
         self.detectors_ = nn.ModuleDict()
-        for name in self.score_names():
-            params = cfg.detector.params if name == self.primary else {}
-            detector = build_detector(name, params).to(self.device)
-            self.detectors_[name] = detector.fit(train, self.encoder_, cache, unlabeled=pool).eval()
+        with progress_enabled(cfg.train.progress):
+            for name in self.score_names():
+                params = cfg.detector.params if name == self.primary else {}
+                detector = build_detector(name, params).to(self.device)
+                self.detectors_[name] = detector.fit(train, self.encoder_, cache, unlabeled=pool).eval()
         self.n_train_ = len(train)
 
         if len(val):

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from medad.config import TrainConfig
 from medad.methods.base import PretrainMethod
+from medad.progress import progress_bar
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.selection import CheckpointScore, choose_checkpoint
 
@@ -69,18 +69,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     if len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()),
-        transient=True,
-    )
 
 
 @torch.no_grad()
@@ -194,7 +182,7 @@ def train_method(
             save_checkpoint(ckpt.with_name("best.pt"), {"method": state}, {"epoch": epoch, "sensitivity": value})
 
     batch_size = min(cfg.batch_size, len(train_images))
-    with _progress(cfg.progress) as progress:
+    with progress_bar(cfg.progress) as progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
             batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch)
             task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(batches), info="")

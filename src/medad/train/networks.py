@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from medad.progress import progress_bar
+
 log = logging.getLogger("medad")
 
 
@@ -40,6 +42,7 @@ def train_network(
     """Adam on ``loss_fn(batch)`` over shuffled mini-batches of ``images`` (moved to the module's
     device batch by batch); returns the mean loss per epoch. A trailing batch of one image is
     dropped (BatchNorm cannot train on it). Raises ``FloatingPointError`` on a non-finite loss.
+    A progress bar named ``name`` shows epochs and loss on a terminal (see :mod:`medad.progress`).
     """
     if len(images) < 2:
         raise ValueError(f"training {name} needs at least 2 images, got {len(images)}")
@@ -48,19 +51,22 @@ def train_network(
     generator = torch.Generator().manual_seed(seed)
     module.train()
     losses = []
-    for epoch in range(1, epochs + 1):
-        total, seen = 0.0, 0
-        for idx in torch.randperm(len(images), generator=generator).split(batch_size):
-            if len(idx) < 2:
-                continue
-            loss = loss_fn(images[idx].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}; lower its lr ({lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        losses.append(total / seen)
-        log.debug("%s epoch %d/%d loss %.5f", name, epoch, epochs, losses[-1])
+    with progress_bar() as progress:
+        task = progress.add_task(name, total=epochs, info="")
+        for epoch in range(1, epochs + 1):
+            total, seen = 0.0, 0
+            for idx in torch.randperm(len(images), generator=generator).split(batch_size):
+                if len(idx) < 2:
+                    continue
+                loss = loss_fn(images[idx].to(device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}; lower its lr ({lr})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen = total + loss.item() * len(idx), seen + len(idx)
+            losses.append(total / seen)
+            progress.update(task, advance=1, info=f"loss {losses[-1]:.5f}")
+            log.debug("%s epoch %d/%d loss %.5f", name, epoch, epochs, losses[-1])
     module.eval()
     return losses
