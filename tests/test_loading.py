@@ -176,3 +176,34 @@ def test_build_pool():
     assert again.ids == pool.ids
     with pytest.raises(ValueError, match="needs 8 abnormal images, only 5 given"):
         build_pool(imageset(20, 0), imageset(5, 1), size=16, anomaly_rate=0.5, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "percentile"])
+def test_intensity_normalisation_is_per_image_idempotent_and_in_range(mode):
+    from medad.data.preprocess import normalize_intensity
+
+    torch.manual_seed(0)
+    dim, bright = torch.rand(1, 3, 16, 16) * 0.3, torch.rand(1, 3, 16, 16) * 0.3 + 0.6
+    bright[0, 0, 0, 0] = 1.0  # one hot pixel
+    x = torch.cat([dim, bright, torch.full((1, 3, 16, 16), 0.4)])
+    once = normalize_intensity(x, mode)
+    assert once.min() == 0.0 and once.max() <= 1.0
+    assert torch.equal(normalize_intensity(once, mode), once)
+    assert torch.equal(once[2], torch.zeros(3, 16, 16))  # a constant image
+    if mode == "minmax":
+        assert torch.allclose(once[0], (dim[0] - dim.min()) / (dim.max() - dim.min()))
+    else:  # the hot pixel is clipped and does not set the scale: most pixels keep their spread
+        assert once[1].max() == 1.0 and once[1].flatten().quantile(0.99) < 1.0
+        assert once[1].std() > 0.25
+    assert torch.equal(normalize_intensity(x, "as_read"), x)
+
+
+def test_model_applies_the_configured_intensity_scaling_to_every_input():
+    from medad.config import RunConfig
+    from medad.model import AnomalyDetector
+
+    model = AnomalyDetector(RunConfig.model_validate({"data": {"image_size": 8, "intensity": "minmax"}}))
+    dim = torch.rand(2, 1, 8, 8) * 0.2 + 0.1
+    out = model.prepare(dim)
+    assert torch.allclose(out.amin(dim=(1, 2, 3)), torch.zeros(2)) and torch.allclose(out.amax(dim=(1, 2, 3)), torch.ones(2))
+    assert torch.equal(model.prepare(out), out)

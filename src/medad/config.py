@@ -33,6 +33,10 @@ class DataConfig(_Strict):
     )
     image_size: int = Field(64, ge=8, le=1024, description="square side every image is resized to")
     channels: Literal[1, 3] = Field(1, description="every image is converted to this many channels")
+    intensity: Literal["as_read", "minmax", "percentile"] = Field(
+        "as_read", description="per-image intensity scaling before the model: none, min-max, or the "
+        "0.5/99.5 percentiles to [0, 1]"
+    )
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="share of training normals held out for thresholds/selection"
     )

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from medad import __version__
 from medad.config import RunConfig, apply_shortcuts
 from medad.data.imageset import ImageSet
+from medad.data.preprocess import normalize_intensity
 from medad.detectors.base import DetectorOutput
 from medad.detectors.registry import applicable_detectors, build_detector
 from medad.evaluation.metrics import quantile_threshold
@@ -79,14 +80,16 @@ class AnomalyDetector:
         """Name of the score used for the threshold and predictions."""
         return self.config.detector.name
 
-    def _tensor(self, images: Images) -> Tensor:
-        """Bring any accepted input to float32 ``[N, C, S, S]`` in the model's layout."""
+    def prepare(self, images: Images) -> Tensor:
+        """Bring any accepted input (path, :class:`ImageSet`, tensor or array) to float32
+        ``[N, C, S, S]`` in [0, 1] in the model's layout, with the configured per-image intensity
+        scaling (``data.intensity``) applied: what the encoder and the detectors see."""
         size, channels = self.config.data.image_size, self.config.data.channels
         if isinstance(images, (str, Path)):
             from medad.data.loading import load_images
 
-            return load_images([images], image_size=size, channels=channels,
-                               nifti_slices=self.config.data.nifti_slices).images
+            images = load_images([images], image_size=size, channels=channels,
+                                 nifti_slices=self.config.data.nifti_slices)
         x = images.images if isinstance(images, ImageSet) else torch.as_tensor(np.asarray(images))
         if x.ndim == 3:
             x = x.unsqueeze(1)
@@ -104,7 +107,7 @@ class AnomalyDetector:
                 raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return x.clamp(0, 1).contiguous()
+        return normalize_intensity(x.clamp(0, 1), self.config.data.intensity).contiguous()
 
     def _check_fitted(self) -> None:
         if self.encoder_ is None or not self.detectors_:
@@ -141,13 +144,13 @@ class AnomalyDetector:
         cfg = self.config
         seed_everything(cfg.train.seed)
         set_threads(cfg.train.threads)
-        train = self._tensor(images)
+        train = self.prepare(images)
         if val_images is None:
             n_val = int(round(len(train) * cfg.data.val_fraction)) if len(train) > 2 else 0
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))
             val, train = train[perm[:n_val]], train[perm[n_val:]]
         else:
-            val = self._tensor(val_images)
+            val = self.prepare(val_images)
         if len(train) < 2:
             raise ValueError(f"need at least 2 normal training images, got {len(train)}")
 
@@ -174,8 +177,8 @@ class AnomalyDetector:
         if self.encoder_ is None:
             raise NotFittedError("fit_scores needs an encoder: call fit() or AnomalyDetector.load() first")
         cfg = self.config
-        train, val = self._tensor(images), self._tensor(val_images)
-        pool = None if unlabeled is None else self._tensor(unlabeled)
+        train, val = self.prepare(images), self.prepare(val_images)
+        pool = None if unlabeled is None else self.prepare(unlabeled)
         cache: dict = {}
         self.detectors_ = nn.ModuleDict()
         with progress_enabled(cfg.train.progress):
@@ -205,7 +208,7 @@ class AnomalyDetector:
     def score_all(self, images: Images) -> dict[str, DetectorOutput]:
         """Every fitted score of ``images`` by name (primary first)."""
         self._check_fitted()
-        x = self._tensor(images)
+        x = self.prepare(images)
         cache: dict = {}
         return {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
 
@@ -232,7 +235,7 @@ class AnomalyDetector:
     def embed(self, images: Images, batch_size: int = 128) -> Tensor:
         """Pooled encoder embeddings ``[N, D]`` (on CPU)."""
         self._check_fitted()
-        x = self._tensor(images)
+        x = self.prepare(images)
         return torch.cat([self.encoder_(b.to(self.device)).cpu() for b in x.split(batch_size)])
 
     # -- persistence ------------------------------------------------------------------------
@@ -252,6 +255,7 @@ class AnomalyDetector:
                 "image_size": self.config.data.image_size,
                 "channels": self.config.data.channels,
                 "nifti_slices": self.config.data.nifti_slices,
+                "intensity": self.config.data.intensity,
                 "resize": "square, bilinear with antialias",
             },
             "scores": list(self.detectors_),

@@ -277,10 +277,11 @@ def train_run(
     model.manifest_sha256_ = digest
     model.save(run_dir / "model")
     method = build_method(config.method, model.encoder_)
-    method.example_figure(splits.train.images[:4], run_dir / "figures" / f"{config.method.name}_examples.png")
+    method.example_figure(model.prepare(splits.train.images[:4]),
+                          run_dir / "figures" / f"{config.method.name}_examples.png")
     return write_evaluation(
         model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
-        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(splits.val.images),
+        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(model.prepare(splits.val)),
     )
 
 

@@ -3,7 +3,8 @@
 Every image is resized to ``image_size x image_size`` **without keeping its aspect ratio** (a plain
 square resize, as the MedIAnomaly and anomalib defaults do); images are bilinear with antialiasing,
 masks nearest-neighbour (``nearest-exact``: pixel-centre aligned like the bilinear resize with
-``align_corners=False``).
+``align_corners=False``). :func:`normalize_intensity` optionally rescales each image's intensities
+(``data.intensity``), like MONAI's ``ScaleIntensity`` / ``ScaleIntensityRangePercentiles``.
 
 >>> import numpy as np
 >>> to_tensor_batch([np.ones((1, 20, 10), np.float32)], 8).shape
@@ -13,6 +14,7 @@ torch.Size([1, 1, 8, 8])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,3 +62,39 @@ def check_mask_shape(image_id: str, image_shape: tuple[int, ...], mask_id: str, 
         h, w = image_shape[-2:]
         mh, mw = mask_shape[-2:]
         raise ImageReadError(image_id, f"its mask {mask_id} is {mh}x{mw} pixels but the image is {h}x{w}")
+
+
+Intensity = Literal["as_read", "minmax", "percentile"]
+PERCENTILES = (0.5, 99.5)
+_QUANTILE_MAX_ELEMENTS = 2**24  # torch.quantile refuses larger inputs
+
+
+def normalize_intensity(images: Tensor, mode: Intensity) -> Tensor:
+    """Rescale every image of ``[N, C, H, W]`` (all its channels together) to [0, 1].
+
+    ``as_read`` returns the images unchanged; ``minmax`` maps each image's minimum to 0 and maximum
+    to 1; ``percentile`` maps its 0.5th and 99.5th percentiles to 0 and 1 and clips, so a few hot
+    pixels do not set the scale. Useful when scanners or patients differ in overall brightness (MRI).
+    A constant image becomes all zeros. Both modes are idempotent (the percentiles are taken as
+    pixel values, ``interpolation="lower"/"higher"``, so a second pass finds exactly 0 and 1), so
+    images that pass through the model's input conversion twice are scaled once.
+
+    >>> x = torch.tensor([[[[0.25, 0.5], [0.5, 0.75]]]])
+    >>> normalize_intensity(x, "minmax").flatten().tolist()
+    [0.0, 0.5, 0.5, 1.0]
+    """
+    if mode == "as_read":
+        return images
+    flat = images.flatten(1)
+    if mode == "minmax":
+        lo, hi = flat.min(1).values, flat.max(1).values
+    elif mode == "percentile":
+        rows = max(1, _QUANTILE_MAX_ELEMENTS // max(flat.shape[1], 1))
+        chunks = flat.split(rows)
+        lo = torch.cat([torch.quantile(c, PERCENTILES[0] / 100, dim=1, interpolation="lower") for c in chunks])
+        hi = torch.cat([torch.quantile(c, PERCENTILES[1] / 100, dim=1, interpolation="higher") for c in chunks])
+    else:
+        raise ValueError(f"unknown intensity mode {mode!r}; use as_read, minmax or percentile")
+    shape = (-1,) + (1,) * (images.ndim - 1)
+    span = (hi - lo).clamp_min(1e-12).view(shape)
+    return ((images - lo.view(shape)) / span).clamp(0.0, 1.0)
