@@ -14,6 +14,9 @@ Each finished run is appended to ``OUT/results.jsonl`` so an interrupted benchma
 results; ``--resume`` skips runs already there.
 
     .venv/bin/python benchmarks/pretraining.py [--seeds 0 1 2] [--epochs 15] [--width 32]
+    .venv/bin/python benchmarks/pretraining.py --intensity percentile --out runs/bench-pretraining-percentile
+
+``--intensity`` sets ``data.intensity`` (per-image scaling of every input; default ``as_read``).
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ FEATURE_SCORES = ("mahalanobis", "nnd", "lh")
 PIXEL_KEYS = ("pixel_auroc", "pro", "dice", "iou", "oracle_dice")
 
 
-def run(dataset: str, method: str, seed: int, epochs: int, width: int, out: Path) -> dict:
+def run(dataset: str, method: str, seed: int, epochs: int, width: int, out: Path, intensity: str) -> dict:
     """Train one configuration and return its row of results."""
     folder, channels = DATASETS[dataset]
     cfg = RunConfig.model_validate(
         {
-            "data": {"path": str(DATA / folder), "image_size": 64, "channels": channels, "val_fraction": 0.1},
+            "data": {"path": str(DATA / folder), "image_size": 64, "channels": channels, "val_fraction": 0.1,
+                     "intensity": intensity},
             "encoder": {"width": width},
             "method": {"name": method},
             "detector": {"name": "padim", "also": list(FEATURE_SCORES)},
@@ -50,7 +54,7 @@ def run(dataset: str, method: str, seed: int, epochs: int, width: int, out: Path
     )
     metrics = train_run(cfg, out / f"{dataset}-{method}-s{seed}", overwrite=True)
     row = {"dataset": dataset, "method": method, "seed": seed, "epochs": epochs, "width": width,
-           "train_seconds": metrics["train_seconds"]}
+           "intensity": intensity, "train_seconds": metrics["train_seconds"]}
     row.update({f"auroc_{k}": v["image_auroc"] for k, v in metrics["scores"].items()})
     row.update({k: metrics[k] for k in PIXEL_KEYS if k in metrics})
     return add_position_matched(row, out)
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--intensity", choices=["as_read", "minmax", "percentile"], default="as_read")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pretraining"))
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.jsonl")
     args = parser.parse_args()
@@ -87,10 +92,11 @@ def main() -> None:
             for method in args.methods:
                 if (dataset, method, seed) in done:
                     continue
-                row = run(dataset, method, seed, args.epochs, args.width, args.out)
+                row = run(dataset, method, seed, args.epochs, args.width, args.out, args.intensity)
                 rows.append(row)
                 append_row(results, row)
-    print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, CPU; mean ± std over seeds")
+    print(f"\n64 px, ResNet-18 width {args.width}, {args.epochs} epochs, intensity {args.intensity}, CPU; "
+          "mean ± std over seeds")
     scores = ["padim", *FEATURE_SCORES]
     columns = [*(f"auroc_{s}" for s in scores), *PIXEL_KEYS, *(f"auroc_{s}_posmatched" for s in scores),
                "train_seconds"]
