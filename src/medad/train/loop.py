@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,11 +118,11 @@ def train_method(
     manifest) must match the checkpoint's, so a run is never resumed with other settings.
 
     ``sensitivity`` (e.g. a :class:`~medad.train.selection.SensitivityScore`) is evaluated on the
-    encoder at every checkpoint epoch and recorded in the history with its standard error. The
-    best-scoring checkpoint is kept (in memory and as ``best.pt`` beside ``checkpoint_path``); with
-    ``cfg.select_by == "sensitivity"`` its weights are restored at the end if
+    encoder at every checkpoint epoch and recorded in the history with its standard error. With
+    ``cfg.select_by == "sensitivity"`` the best-scoring checkpoint is kept (in memory and as
+    ``best.pt`` beside ``checkpoint_path``) and its weights are restored at the end if
     :func:`~medad.train.selection.choose_checkpoint` prefers it to the last epoch by
-    ``cfg.select_margin`` standard errors. The history record of the epoch in use gets
+    ``cfg.select_margin`` standard errors; the history record of the epoch in use gets
     ``"selected": True``.
     """
     device = torch.device(device)
