@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from medad.cli import app
 
 runner = CliRunner()
-COMMANDS = ["train", "evaluate", "predict", "report", "synth", "list"]
+COMMANDS = ["train", "evaluate", "predict", "report", "compare", "synth", "list"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -89,3 +89,27 @@ def test_select_by_and_unlabeled_flags(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r2"),
                                  "--select-by", "best-guess"])
     assert result.exit_code == 2 and "select_by" in result.output
+
+
+def test_compare_ranks_runs_by_sensitivity_score_and_refuses_other_splits(tmp_path):
+    data = tmp_path / "data"
+    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "16",
+                        "--n-test-normal", "2", "--n-test-abnormal", "2"])
+    common = ["--data", str(data), "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--no-progress",
+              "--set", "encoder.width=4", "--set", "train.sensitivity_holdout=4"]
+    for name, extra in [("t05", ["--set", "method.params.temperature=0.5"]),
+                        ("t02", ["--set", "method.params.temperature=0.2"]),
+                        ("seed1", ["--seed", "1"])]:
+        result = runner.invoke(app, ["train", *common, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "t05"), str(tmp_path / "t02")])
+    assert result.exit_code == 0, result.output
+    scores = {name: json.loads((tmp_path / name / "model" / "model.json").read_text())["history"][-1]["sensitivity"]
+              for name in ("t05", "t02")}
+    best = max(scores, key=scores.get)
+    assert "standard errors" in result.output
+    assert result.output.index(f"{scores[best]:.4f}") < result.output.index(f"{scores[min(scores, key=scores.get)]:.4f}")
+    result = runner.invoke(app, ["compare", str(tmp_path / "t05"), str(tmp_path / "seed1")])
+    assert result.exit_code == 2 and "train.seed" in result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "t05")])
+    assert result.exit_code == 2 and "at least two" in result.output

@@ -177,6 +177,8 @@ def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
     clear_gain = best["sensitivity"] - last["sensitivity"] > math.hypot(best["sensitivity_se"], last["sensitivity_se"])
     assert metrics["select_by"] == "sensitivity"
     assert metrics["selected_epoch"] == (best if clear_gain else last)["epoch"]
+    used = (best if clear_gain else last)
+    assert (metrics["sensitivity_score"], metrics["sensitivity_score_se"]) == (used["sensitivity"], used["sensitivity_se"])
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "sensitivity score is the AUROC" in html and "standard error" in html

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.table import Table
 
 from medad import __version__
 
@@ -174,6 +175,43 @@ def report(run_dir: Path = typer.Argument(..., help="Run (or eval) directory wit
     except _USER_ERRORS as exc:
         _fail(exc)
     console.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories trained on the same data and seed."),
+    margin: float = typer.Option(1.0, help="Standard errors the best run must lead by to count as better."),
+) -> None:
+    """Rank runs by Rafiee's label-free sensitivity score (no abnormal image involved), e.g. to
+    choose a temperature or a negative weight; says whether the best lead exceeds the noise.
+
+    Example:
+
+        medad compare runs/dino-lambda0.5 runs/dino-lambda1 runs/dino-lambda2
+    """
+    import math
+
+    from medad.compare import compare_runs, lead_in_standard_errors
+
+    try:
+        rows = compare_runs(runs)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    table = Table("run", "method", "score", "epoch", "sensitivity score", "± SE", "val loss")
+    for r in rows:
+        table.add_row(r.run, r.method, r.detector, str(r.epoch), f"{r.sensitivity_score:.4f}",
+                      "—" if r.standard_error is None else f"{r.standard_error:.4f}",
+                      "—" if r.val_loss is None else f"{r.val_loss:.4g}")
+    console.print(table)
+    lead = lead_in_standard_errors(rows)
+    if math.isnan(lead):
+        verdict = "no standard errors recorded (older runs): compare the scores with care"
+    elif lead > margin:
+        verdict = f"{rows[0].run} leads by {lead:.1f} standard errors: better beyond the score's noise"
+    else:
+        verdict = (f"{rows[0].run} leads by only {lead:.1f} standard errors (< {margin:g}): within the score's noise; "
+                   "prefer the default or simpler setting")
+    console.print(verdict)
 
 
 @app.command()

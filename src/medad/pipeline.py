@@ -116,6 +116,10 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         "channels": cfg.data.channels,
         "seed": cfg.train.seed,
     }
+    used = [h for h in model.history_ if h["epoch"] == model.selected_epoch and h.get("sensitivity") is not None]
+    if used:  # label-free; `medad compare` ranks runs by it
+        metrics["sensitivity_score"] = used[0]["sensitivity"]
+        metrics["sensitivity_score_se"] = used[0].get("sensitivity_se")
     reduction = getattr(model.detectors_[model.primary].params, "reduction", None)
     if reduction is not None:
         metrics["image_score_from_map"] = reduction
