@@ -88,3 +88,18 @@ def test_api_method_none_fit_score_save_load(name, tmp_path) -> None:
     model.save(tmp_path / "m")
     loaded = AnomalyDetector.load(tmp_path / "m")
     assert np.allclose(loaded.decision_function(test), scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("detector", ["ae", "ae_u"])
+def test_autoencoders_localise_synthetic_lesions(detector: str) -> None:
+    """Trained on lesion-free phantoms only, the reconstruction error map points at the lesions
+    (pixel AUROC 0.85 / 0.89 when written; a broken map or loss lands near 0.5)."""
+    from sklearn.metrics import roc_auc_score
+
+    cfg = RunConfig.model_validate({"data": {"image_size": 32, "val_fraction": 0.2}, "train": {"progress": False},
+                                    "detector": {"params": {"epochs": 40, "batch_size": 16}}})
+    normals, _ = make_phantoms(80, 32, seed=0)
+    lesions, masks = make_phantoms(20, 32, seed=2, lesion=True)
+    model = AnomalyDetector(cfg, method="none", detector=detector).fit(normals)
+    maps = model.anomaly_map(lesions)
+    assert roc_auc_score(masks.numpy().reshape(-1) > 0, maps.reshape(-1)) > 0.75
