@@ -17,7 +17,8 @@ Data, following DDAD's repartition (Table 1: D_n and the normals of D_u are diff
 Pools are built with :func:`medad.data.pool.build_pool` and saved to
 ``OUT/pools/<dataset>-ar<rate>-n<size>-s<seed>.npz`` (``images`` + ``hidden_labels``) so that
 ``data.unlabeled`` points at them, as a user would run it. Per run: image AUROC / AP, pixel AUROC,
-Dice at the label-free pixel threshold and the oracle Dice (LGG), and train time. Finished runs are
+Dice at the label-free pixel threshold and the oracle Dice (LGG), train time, and for DDAD the
+image AUROC of the raw A_intra / A_inter maps before the ASR-Net. Finished runs are
 appended to ``OUT/results.jsonl``; ``--resume`` skips runs already there.
 
     .venv/bin/python benchmarks/reconstruction.py [--epochs 50] [--asr-epochs 100] [--max-train 500]
@@ -33,14 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
 
 from medad.config import RunConfig
 from medad.data.folder import load_plain_folder
 from medad.data.imageset import ImageSet
-from medad.data.loading import load_splits
+from medad.data.loading import load_splits, load_test_split
 from medad.data.medmnist import load_medmnist
 from medad.data.pool import build_pool
 from medad.detectors.registry import DETECTORS
+from medad.model import AnomalyDetector
 from medad.pipeline import train_run
 
 from results_table import append_row, load_rows, print_table  # benchmarks/ is on sys.path
@@ -62,7 +66,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], float | None]] = {
     "igd": ("igd", {}, None),
     "fanogan": ("fanogan", {}, None),
 }
-COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "dice", "oracle_dice", "train_seconds")
+COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "dice", "oracle_dice", "raw_intra_auroc", "raw_inter_auroc",
+           "train_seconds")
 
 
 def config(dataset: str, variant: str, seed: int, args: argparse.Namespace, pool: Path | None) -> RunConfig:
@@ -116,6 +121,20 @@ def make_pool(cfg: RunConfig, dataset: str, rate: float, size: int, seed: int, o
     return path
 
 
+@torch.no_grad()
+def add_raw_aurocs(row: dict, run_dir: Path) -> None:
+    """For DDAD rows: image AUROC (mean of the map) of the raw A_intra and A_inter maps, i.e.
+    before the ASR-Net, to show what the refinement adds."""
+    model = AnomalyDetector.load(run_dir / "model")
+    test = load_test_split(model.config.data)
+    ddad = model.detectors_["ddad"]
+    x = model.prepare(test)
+    raw = torch.cat([ddad.raw_maps(batch.to(model.device)).cpu() for batch in x.split(64)]).mean((2, 3))
+    labels = test.labels.numpy()
+    row["raw_intra_auroc"] = float(roc_auc_score(labels, raw[:, 0].numpy()))
+    row["raw_inter_auroc"] = float(roc_auc_score(labels, raw[:, 1].numpy())) if raw.shape[1] == 2 else None
+
+
 def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: dict) -> dict:
     """Train one configuration and return its row of results."""
     rate = VARIANTS[variant][2]
@@ -128,6 +147,8 @@ def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: 
     row = {"dataset": dataset, "variant": variant, "seed": seed, "epochs": args.epochs, "pool_rate": rate,
            "pool_size": None if pool is None else args.pool_size or args.max_train, "n_train": metrics["n_train"]}
     row.update({c: metrics.get(c) for c in COLUMNS})
+    if VARIANTS[variant][0] == "ddad":
+        add_raw_aurocs(row, args.out / f"{dataset}-{variant}-s{seed}")
     return row
 
 
@@ -148,6 +169,10 @@ def main() -> None:
     results = args.out / "results.jsonl"
     rows = load_rows(results, args.resume)
     done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
+    for row in rows:  # DDAD rows written before the raw-map columns existed
+        run_dir = args.out / f"{row['dataset']}-{row['variant']}-s{row['seed']}"
+        if VARIANTS[row["variant"]][0] == "ddad" and "raw_intra_auroc" not in row and (run_dir / "model").is_dir():
+            add_raw_aurocs(row, run_dir)
     variants = []
     for variant in args.variants:
         if VARIANTS[variant][0] in DETECTORS:
