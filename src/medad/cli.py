@@ -101,10 +101,12 @@ def train(
     from medad.pipeline import train_run
 
     try:
-        base = apply_overrides(load_config(config) if config else RunConfig(), parse_assignments(set_))
+        assignments = parse_assignments(set_)
+        if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
+            assignments["data.unlabeled"] = str(unlabeled)
+        base = apply_overrides(load_config(config) if config else RunConfig(), assignments)
         cfg = apply_shortcuts(
-            base, data=None if data is None else str(data), method=method, detector=detector,
-            unlabeled=None if unlabeled is None else str(unlabeled), select_by=select_by,
+            base, data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, progress=None if progress else False,
         )

@@ -200,7 +200,6 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 # Short names shared by the CLI flags and the Python API's keyword arguments.
 SHORTCUTS: dict[str, str] = {
     "data": "data.path",
-    "unlabeled": "data.unlabeled",
     "image_size": "data.image_size",
     "channels": "data.channels",
     "method": "method.name",
