@@ -55,14 +55,20 @@ def test_errors_are_one_line_messages(tmp_path):
     assert result.exit_code == 2
 
 
-def test_set_overrides_any_config_value(tmp_path):
+def _tiny_dataset(tmp_path, n_train: int):
+    """A 32-px phantom folder with ``n_train`` training images and the train flags of a tiny run on it."""
     data = tmp_path / "data"
-    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "12",
+    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", str(n_train),
                         "--n-test-normal", "2", "--n-test-abnormal", "2"])
+    return data, ["--data", str(data), "--image-size", "32", "--batch-size", "4", "--no-progress",
+                  "--set", "encoder.width=4"]
+
+
+def test_set_overrides_any_config_value(tmp_path):
+    data, tiny = _tiny_dataset(tmp_path, 12)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--image-size", "32",
-                                 "--epochs", "1", "--batch-size", "4", "--no-progress",
-                                 "--set", "encoder.width=4", "--set", "method.params.temperature=0.5"])
+    result = runner.invoke(app, ["train", *tiny, "--out", str(run), "--epochs", "1",
+                                 "--set", "method.params.temperature=0.5"])
     assert result.exit_code == 0, result.output
     saved = (run / "config.yaml").read_text()
     assert "width: 4" in saved and "temperature: 0.5" in saved
@@ -73,13 +79,10 @@ def test_set_overrides_any_config_value(tmp_path):
 
 def test_select_by_and_unlabeled_flags(tmp_path):
     """--select-by and --unlabeled set train.select_by and data.unlabeled (the issue's named flags)."""
-    data = tmp_path / "data"
-    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "16",
-                        "--n-test-normal", "2", "--n-test-abnormal", "2"])
+    data, tiny = _tiny_dataset(tmp_path, 16)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--image-size", "32",
-                                 "--epochs", "2", "--batch-size", "4", "--no-progress", "--detector", "nnd",
-                                 "--set", "encoder.width=4", "--set", "train.sensitivity_holdout=4",
+    result = runner.invoke(app, ["train", *tiny, "--out", str(run), "--epochs", "2", "--detector", "nnd",
+                                 "--set", "train.sensitivity_holdout=4",
                                  "--select-by", "sensitivity", "--unlabeled", str(data / "test" / "lesion")])
     assert result.exit_code == 0, result.output
     saved = (run / "config.yaml").read_text()
@@ -92,11 +95,8 @@ def test_select_by_and_unlabeled_flags(tmp_path):
 
 
 def test_compare_ranks_runs_by_sensitivity_score_and_refuses_other_splits(tmp_path):
-    data = tmp_path / "data"
-    runner.invoke(app, ["synth", "--out", str(data), "--size", "32", "--n-train", "16",
-                        "--n-test-normal", "2", "--n-test-abnormal", "2"])
-    common = ["--data", str(data), "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--no-progress",
-              "--set", "encoder.width=4", "--set", "train.sensitivity_holdout=4"]
+    _, tiny = _tiny_dataset(tmp_path, 16)
+    common = [*tiny, "--epochs", "2", "--set", "train.sensitivity_holdout=4"]
     for name, extra in [("t05", ["--set", "method.params.temperature=0.5"]),
                         ("t02", ["--set", "method.params.temperature=0.2"]),
                         ("seed1", ["--seed", "1"])]:
