@@ -165,7 +165,7 @@ class AnomalyDetector:
             if can_score else None,
         ) if method.trains else []
         self.encoder_ = method.encoder.to(self.device).eval()
-        self.fit_scores(train, val, unlabeled=unlabeled)
+        self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
@@ -176,9 +176,12 @@ class AnomalyDetector:
         """
         if self.encoder_ is None:
             raise NotFittedError("fit_scores needs an encoder: call fit() or AnomalyDetector.load() first")
-        cfg = self.config
-        train, val = self.prepare(images), self.prepare(val_images)
         pool = None if unlabeled is None else self.prepare(unlabeled)
+        return self._fit_scores(self.prepare(images), self.prepare(val_images), pool)
+
+    def _fit_scores(self, train: Tensor, val: Tensor, pool: Tensor | None) -> AnomalyDetector:
+        """:meth:`fit_scores` on images already brought to the model's layout by :meth:`prepare`."""
+        cfg = self.config
         cache: dict = {}
         self.detectors_ = nn.ModuleDict()
         with progress_enabled(cfg.train.progress):
@@ -189,7 +192,7 @@ class AnomalyDetector:
         self.n_train_ = len(train)
 
         if len(val):
-            out = self.score_all(val)[self.primary]
+            out = self._score(val)[self.primary]
             self.val_scores_ = out.scores.tolist()
             self.threshold_, self.threshold_rule_ = quantile_threshold(
                 np.asarray(self.val_scores_), cfg.evaluation.threshold_quantile
@@ -204,11 +207,14 @@ class AnomalyDetector:
         return self
 
     # -- scoring ----------------------------------------------------------------------------
-    @torch.no_grad()
     def score_all(self, images: Images) -> dict[str, DetectorOutput]:
         """Every fitted score of ``images`` by name (primary first)."""
         self._check_fitted()
-        x = self.prepare(images)
+        return self._score(self.prepare(images))
+
+    @torch.no_grad()
+    def _score(self, x: Tensor) -> dict[str, DetectorOutput]:
+        """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`."""
         cache: dict = {}
         return {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
 

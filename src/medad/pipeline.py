@@ -116,7 +116,8 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         "channels": cfg.data.channels,
         "seed": cfg.train.seed,
     }
-    used = [h for h in model.history_ if h["epoch"] == model.selected_epoch and h.get("sensitivity") is not None]
+    epoch = model.selected_epoch
+    used = [h for h in model.history_ if h["epoch"] == epoch and h.get("sensitivity") is not None]
     if used:  # label-free; `medad compare` ranks runs by it
         metrics["sensitivity_score"] = used[0]["sensitivity"]
         metrics["sensitivity_score_se"] = used[0].get("sensitivity_se")
