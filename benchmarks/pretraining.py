@@ -30,7 +30,7 @@ from medad.config import RunConfig
 from medad.pipeline import train_run
 
 from lgg_position import position_matched_auroc  # benchmarks/ is on sys.path
-from results_table import append_row, load_rows, print_table
+from results_table import append_row, load_rows, print_table, run_path
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"lgg": ("lgg_brain_mri_dev", 3), "pneumoniamnist": ("pneumoniamnist.npz", 1)}
@@ -52,7 +52,7 @@ def run(dataset: str, method: str, seed: int, epochs: int, width: int, out: Path
             "train": {"epochs": epochs, "batch_size": 64, "seed": seed, "progress": False},
         }
     )
-    metrics = train_run(cfg, out / f"{dataset}-{method}-s{seed}", overwrite=True)
+    metrics = train_run(cfg, run_path(out, dataset, method, seed), overwrite=True)
     row = {"dataset": dataset, "method": method, "seed": seed, "epochs": epochs, "width": width,
            "intensity": intensity, "train_seconds": metrics["train_seconds"]}
     row.update({f"auroc_{k}": v["image_auroc"] for k, v in metrics["scores"].items()})
@@ -63,8 +63,8 @@ def run(dataset: str, method: str, seed: int, epochs: int, width: int, out: Path
 def add_position_matched(row: dict, out: Path) -> dict:
     """For LGG, add the position-matched AUROC of every score (see ``lgg_position.py``)."""
     if row["dataset"] == "lgg":
-        run_dir = out / f"{row['dataset']}-{row['method']}-s{row['seed']}"
-        matched = position_matched_auroc(run_dir, DATA / DATASETS["lgg"][0] / "manifest.csv")
+        folder = run_path(out, row["dataset"], row["method"], row["seed"])
+        matched = position_matched_auroc(folder, DATA / DATASETS["lgg"][0] / "manifest.csv")
         row.update({f"auroc_{k}_posmatched": v for k, v in matched.items()})
     return row
 

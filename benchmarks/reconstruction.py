@@ -47,7 +47,7 @@ from medad.detectors.registry import DETECTORS
 from medad.model import AnomalyDetector
 from medad.pipeline import train_run
 
-from results_table import append_row, load_rows, print_table  # benchmarks/ is on sys.path
+from results_table import append_row, load_rows, print_table, run_path  # benchmarks/ is on sys.path
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"pneumoniamnist": ("pneumoniamnist.npz", 1), "lgg": ("lgg_brain_mri_dev", 3)}
@@ -143,12 +143,13 @@ def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: 
         pool = make_pool(config(dataset, variant, seed, args, None), dataset, rate, args.pool_size or args.max_train,
                          seed, args.out, cache)
     cfg = config(dataset, variant, seed, args, pool)
-    metrics = train_run(cfg, args.out / f"{dataset}-{variant}-s{seed}", overwrite=True)
+    folder = run_path(args.out, dataset, variant, seed)
+    metrics = train_run(cfg, folder, overwrite=True)
     row = {"dataset": dataset, "variant": variant, "seed": seed, "epochs": args.epochs, "pool_rate": rate,
            "pool_size": None if pool is None else args.pool_size or args.max_train, "n_train": metrics["n_train"]}
     row.update({c: metrics.get(c) for c in COLUMNS})
     if VARIANTS[variant][0] == "ddad":
-        add_raw_aurocs(row, args.out / f"{dataset}-{variant}-s{seed}")
+        add_raw_aurocs(row, folder)
     return row
 
 
@@ -170,9 +171,9 @@ def main() -> None:
     rows = load_rows(results, args.resume)
     done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
     for row in rows:  # DDAD rows written before the raw-map columns existed
-        run_dir = args.out / f"{row['dataset']}-{row['variant']}-s{row['seed']}"
-        if VARIANTS[row["variant"]][0] == "ddad" and "raw_intra_auroc" not in row and (run_dir / "model").is_dir():
-            add_raw_aurocs(row, run_dir)
+        folder = run_path(args.out, row["dataset"], row["variant"], row["seed"])
+        if VARIANTS[row["variant"]][0] == "ddad" and "raw_intra_auroc" not in row and (folder / "model").is_dir():
+            add_raw_aurocs(row, folder)
     variants = []
     for variant in args.variants:
         if VARIANTS[variant][0] in DETECTORS:

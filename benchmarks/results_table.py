@@ -29,6 +29,11 @@ def append_row(results: Path, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def run_path(out: Path, dataset: str, name: str, seed: int) -> Path:
+    """Where a benchmark keeps one run: ``OUT/<dataset>-<method or variant>-s<seed>``."""
+    return out / f"{dataset}-{name}-s{seed}"
+
+
 def mean_std(values: list[float]) -> str:
     """``0.812 ± 0.013`` over seeds (sample std), the value alone for one seed, ``-`` for none.
 

@@ -39,7 +39,7 @@ from medad.pipeline import train_run
 from medad.train.checkpoint import load_checkpoint
 from medad.train.selection import auroc_standard_error, choose_checkpoint
 
-from results_table import append_row, load_rows, print_table  # benchmarks/ is on sys.path
+from results_table import append_row, load_rows, print_table, run_path  # benchmarks/ is on sys.path
 
 DATA = Path(os.environ.get("MEDAD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 DATASETS = {"breastmnist": ("breastmnist.npz", 1), "pneumoniamnist": ("pneumoniamnist.npz", 1),
@@ -101,11 +101,13 @@ def last_epoch_aurocs(cfg: RunConfig, run_dir: Path) -> dict[str, float]:
 
 def add_careful_choice(row: dict, run_dir: Path, margin: float = 1.0) -> None:
     """Add the epoch (and AUROCs) that ``select_margin: margin`` keeps, from the run's sensitivity
-    scores; their standard errors come from the image counts (older histories do not record them)."""
+    scores and their recorded standard errors (computed from the image counts for histories written
+    before medad recorded them)."""
     model = json.loads((run_dir / "model" / "model.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     held_out = min(model["config"]["train"]["sensitivity_holdout"], metrics["n_train"] // 2)
-    history = [{**h, "sensitivity_se": auroc_standard_error(h["sensitivity"], metrics["n_val"], held_out)}
+    history = [h if "sensitivity_se" in h else
+               {**h, "sensitivity_se": auroc_standard_error(h["sensitivity"], metrics["n_val"], held_out)}
                for h in model["history"] if h.get("sensitivity") is not None]
     row["careful_epoch"] = choose_checkpoint(history, margin)
     prefix = "auroc" if row["careful_epoch"] == row["selected_epoch"] else "last_auroc"
@@ -115,7 +117,7 @@ def add_careful_choice(row: dict, run_dir: Path, margin: float = 1.0) -> None:
 def run(dataset: str, variant: str, seed: int, epochs: int, width: int, out: Path) -> dict:
     """Train one configuration and return its row of results."""
     cfg = config(dataset, variant, seed, epochs, width)
-    run_dir = out / f"{dataset}-{variant}-s{seed}"
+    run_dir = run_path(out, dataset, variant, seed)
     metrics = train_run(cfg, run_dir, overwrite=True)
     row = {"dataset": dataset, "variant": variant, "seed": seed, "epochs": epochs, "width": width,
            "train_seconds": metrics["train_seconds"], "selected_epoch": metrics["selected_epoch"]}
@@ -143,9 +145,9 @@ def main() -> None:
     rows = load_rows(results, args.resume)
     done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
     for row in rows:  # rows written before the careful_* columns existed
-        run_dir = args.out / f"{row['dataset']}-{row['variant']}-s{row['seed']}"
-        if "careful_epoch" not in row and (run_dir / "model" / "model.json").is_file():
-            add_careful_choice(row, run_dir)
+        folder = run_path(args.out, row["dataset"], row["variant"], row["seed"])
+        if "careful_epoch" not in row and (folder / "model" / "model.json").is_file():
+            add_careful_choice(row, folder)
     for seed in args.seeds:  # seeds outermost: an interrupted benchmark still covers every variant
         for dataset in args.datasets:
             for variant in args.variants:
