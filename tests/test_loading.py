@@ -205,5 +205,6 @@ def test_model_applies_the_configured_intensity_scaling_to_every_input():
     model = AnomalyDetector(RunConfig.model_validate({"data": {"image_size": 8, "intensity": "minmax"}}))
     dim = torch.rand(2, 1, 8, 8) * 0.2 + 0.1
     out = model.prepare(dim)
-    assert torch.allclose(out.amin(dim=(1, 2, 3)), torch.zeros(2)) and torch.allclose(out.amax(dim=(1, 2, 3)), torch.ones(2))
+    assert torch.allclose(out.amin(dim=(1, 2, 3)), torch.zeros(2))
+    assert torch.allclose(out.amax(dim=(1, 2, 3)), torch.ones(2))
     assert torch.equal(model.prepare(out), out)

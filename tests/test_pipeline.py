@@ -175,10 +175,11 @@ def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
     assert all(0.0 <= h["sensitivity"] <= 1.0 and 0.0 < h["sensitivity_se"] < 0.5 for h in history)
     best, last = max(history, key=lambda h: h["sensitivity"]), history[-1]
     clear_gain = best["sensitivity"] - last["sensitivity"] > math.hypot(best["sensitivity_se"], last["sensitivity_se"])
+    used = best if clear_gain else last
     assert metrics["select_by"] == "sensitivity"
-    assert metrics["selected_epoch"] == (best if clear_gain else last)["epoch"]
-    used = (best if clear_gain else last)
-    assert (metrics["sensitivity_score"], metrics["sensitivity_score_se"]) == (used["sensitivity"], used["sensitivity_se"])
+    assert metrics["selected_epoch"] == used["epoch"]
+    assert metrics["sensitivity_score"] == used["sensitivity"]
+    assert metrics["sensitivity_score_se"] == used["sensitivity_se"]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "sensitivity score is the AUROC" in html and "standard error" in html
