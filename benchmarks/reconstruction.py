@@ -18,7 +18,8 @@ Pools are built with :func:`medad.data.pool.build_pool` and saved to
 ``OUT/pools/<dataset>-ar<rate>-n<size>-s<seed>.npz`` (``images`` + ``hidden_labels``) so that
 ``data.unlabeled`` points at them, as a user would run it. Per run: image AUROC / AP, pixel AUROC,
 Dice at the label-free pixel threshold and the oracle Dice (LGG), train time, and for DDAD the
-image AUROC of the raw A_intra / A_inter maps before the ASR-Net. Finished runs are
+image AUROC of the raw A_intra / A_inter maps before the ASR-Net and the label-free pixel AUROCs
+of the raw and refined maps on synthetic anomalies (``fpi_*``). Finished runs are
 appended to ``OUT/results.jsonl``; ``--resume`` skips runs already there.
 
     .venv/bin/python benchmarks/reconstruction.py [--epochs 50] [--asr-epochs 100] [--max-train 500]
@@ -67,7 +68,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], float | None]] = {
     "fanogan": ("fanogan", {}, None),
 }
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "dice", "oracle_dice", "raw_intra_auroc", "raw_inter_auroc",
-           "train_seconds")
+           "fpi_intra", "fpi_inter", "fpi_refined", "train_seconds")
 
 
 def config(dataset: str, variant: str, seed: int, args: argparse.Namespace, pool: Path | None) -> RunConfig:
@@ -121,10 +122,16 @@ def make_pool(cfg: RunConfig, dataset: str, rate: float, size: int, seed: int, o
     return path
 
 
+FPI_COLUMNS = {"fpi_intra": "ddad_fpi_auroc_intra", "fpi_inter": "ddad_fpi_auroc_inter",
+               "fpi_refined": "ddad_fpi_auroc_refined"}
+
+
 @torch.no_grad()
-def add_raw_aurocs(row: dict, run_dir: Path) -> None:
+def add_ddad_columns(row: dict, run_dir: Path) -> None:
     """For DDAD rows: image AUROC (mean of the map) of the raw A_intra and A_inter maps, i.e.
-    before the ASR-Net, to show what the refinement adds."""
+    before the ASR-Net, to show what the refinement adds; and the label-free pixel AUROCs of the
+    raw and refined maps on synthetic (FPI) anomalies of the validation normals
+    (``DDADDetector.diagnostics``), which say whether the ASR-Net had anything to learn from."""
     model = AnomalyDetector.load(run_dir / "model")
     test = load_test_split(model.config.data)
     ddad = model.detectors_["ddad"]
@@ -133,6 +140,8 @@ def add_raw_aurocs(row: dict, run_dir: Path) -> None:
     labels = test.labels.numpy()
     row["raw_intra_auroc"] = float(roc_auc_score(labels, raw[:, 0].numpy()))
     row["raw_inter_auroc"] = float(roc_auc_score(labels, raw[:, 1].numpy())) if raw.shape[1] == 2 else None
+    found = model.diagnostics(load_splits(model.config.data, seed=model.config.train.seed).val)
+    row.update({column: found.get(key) for column, key in FPI_COLUMNS.items()})
 
 
 def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: dict) -> dict:
@@ -149,7 +158,7 @@ def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: 
            "pool_size": None if pool is None else args.pool_size or args.max_train, "n_train": metrics["n_train"]}
     row.update({c: metrics.get(c) for c in COLUMNS})
     if VARIANTS[variant][0] == "ddad":
-        add_raw_aurocs(row, folder)
+        add_ddad_columns(row, folder)
     return row
 
 
@@ -170,10 +179,10 @@ def main() -> None:
     results = args.out / "results.jsonl"
     rows = load_rows(results, args.resume)
     done = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
-    for row in rows:  # DDAD rows written before the raw-map columns existed
+    for row in rows:  # DDAD rows written before the raw-map and FPI columns existed (not saved back)
         folder = run_path(args.out, row["dataset"], row["variant"], row["seed"])
-        if VARIANTS[row["variant"]][0] == "ddad" and "raw_intra_auroc" not in row and (folder / "model").is_dir():
-            add_raw_aurocs(row, folder)
+        if VARIANTS[row["variant"]][0] == "ddad" and "fpi_intra" not in row and (folder / "model").is_dir():
+            add_ddad_columns(row, folder)
     variants = []
     for variant in args.variants:
         if VARIANTS[variant][0] in DETECTORS:

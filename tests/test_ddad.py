@@ -123,6 +123,23 @@ def test_raw_maps_without_refinement_and_variant_fallback(data, caplog) -> None:
     assert not bool(det.dual) and "falling back to R_intra" in caplog.text
 
 
+def test_diagnostics_measure_how_the_maps_localise_synthetic_anomalies(data, caplog, monkeypatch) -> None:
+    normals, pool, _ = data
+    det = build_detector("ddad", TINY).fit(normals, None, unlabeled=pool)
+    found = det.diagnostics(normals)
+    assert set(found) == {"fpi_auroc_intra", "fpi_auroc_inter", "fpi_auroc_refined"}
+    assert all(0.0 <= v <= 1.0 for v in found.values())
+    assert det.diagnostics(normals) == found  # seeded synthetic anomalies
+    assert det.diagnostics(normals[:1]) == {}
+    raw = build_detector("ddad", {**TINY, "refine": False, "variant": "intra"}).fit(normals, None)
+    assert set(raw.diagnostics(normals)) == {"fpi_auroc_intra"}
+    # raw maps that ignore the image cannot localise the patches: AUROC near 0.5 and a warning
+    monkeypatch.setattr(det, "raw_maps", lambda x: torch.rand(len(x), 2, *x.shape[-2:]))
+    with caplog.at_level(logging.WARNING, logger="medad"):
+        noise = det.diagnostics(normals.repeat(4, 1, 1, 1))
+    assert abs(noise["fpi_auroc_intra"] - 0.5) < 0.05 and "consider refine: false" in caplog.text
+
+
 def test_api_fit_with_an_unlabeled_pool() -> None:
     normals, _ = make_phantoms(12, 32, seed=0)
     pool, _ = make_phantoms(6, 32, seed=1, lesion=True)
@@ -140,3 +157,4 @@ def test_api_fit_with_an_unlabeled_pool() -> None:
     scores = model.decision_function(test)
     assert scores.shape == (4,) and np.isfinite(scores).all()
     assert model.anomaly_map(test).shape[-2:] == (32, 32)
+    assert set(model.diagnostics(normals[9:])) == {"ddad_fpi_auroc_intra", "ddad_fpi_auroc_inter", "ddad_fpi_auroc_refined"}

@@ -238,6 +238,15 @@ class AnomalyDetector:
         return out.maps.cpu().numpy()
 
     @torch.no_grad()
+    def diagnostics(self, val_images: Images) -> dict[str, float]:
+        """Every fitted detector's label-free diagnostics on validation normals, keyed
+        ``<detector>_<name>`` (see :meth:`medad.detectors.base.Detector.diagnostics`)."""
+        self._check_fitted()
+        x = self.prepare(val_images)
+        return {f"{name}_{key}": value for name, det in self.detectors_.items()
+                for key, value in det.diagnostics(x).items()}
+
+    @torch.no_grad()
     def embed(self, images: Images, batch_size: int = 128) -> Tensor:
         """Pooled encoder embeddings ``[N, D]`` (on CPU)."""
         self._check_fitted()

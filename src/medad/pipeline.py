@@ -284,9 +284,10 @@ def train_run(
     method = build_method(config.method, model.encoder_)
     method.example_figure(model.prepare(splits.train.images[:4]),
                           run_dir / "figures" / f"{config.method.name}_examples.png")
+    val = model.prepare(splits.val)
     return write_evaluation(
         model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
-        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(model.prepare(splits.val)),
+        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(val) | model.diagnostics(val),
     )
 
 

@@ -67,3 +67,9 @@ class Detector(nn.Module, ABC):
     @abstractmethod
     def score(self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None) -> DetectorOutput:
         """Anomaly scores (and maps) of ``images``."""
+
+    def diagnostics(self, val_images: Tensor) -> dict[str, float]:
+        """Label-free diagnostics of the fitted detector on preprocessed validation normals, reported
+        in metrics.json under ``<detector>_<key>`` (e.g. DDAD's synthetic-anomaly AUROCs); empty by
+        default."""
+        return {}
