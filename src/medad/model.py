@@ -38,6 +38,7 @@ from medad.progress import progress_enabled
 from medad.runtime import resolve_device, seed_everything, set_threads
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.loop import train_method
+from medad.train.networks import network_checkpoints
 from medad.train.selection import SensitivityScore
 
 log = logging.getLogger("medad")
@@ -140,6 +141,9 @@ class AnomalyDetector:
 
         Without ``val_images``, ``config.data.val_fraction`` of ``images`` is held out (seeded).
         ``unlabeled`` images (unknown labels) go to the detectors that use them (DDAD).
+        With ``checkpoint_path`` the pre-training and the detectors' own networks are checkpointed
+        (``networks/`` beside it) and ``resume`` continues an interrupted fit whose ``fingerprint``
+        matches.
         """
         cfg = self.config
         seed_everything(cfg.train.seed)
@@ -165,7 +169,12 @@ class AnomalyDetector:
             if can_score else None,
         ) if method.trains else []
         self.encoder_ = method.encoder.to(self.device).eval()
-        self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
+        pool = None if unlabeled is None else self.prepare(unlabeled)
+        if checkpoint_path is None:
+            self._fit_scores(train, val, pool)
+        else:  # detectors' own networks are saved beside the pre-training checkpoint, and resumed
+            with network_checkpoints(Path(checkpoint_path).parent / "networks", fingerprint, resume):
+                self._fit_scores(train, val, pool)
         self.train_seconds_ = time.perf_counter() - t0
         return self
 

@@ -4,6 +4,11 @@ Self-supervised encoders are trained by :mod:`medad.train.loop` (checkpoints, re
 a reconstruction detector trains its network inside ``fit`` with this small loop instead, because
 that network is part of the detector's state and saved with it.
 
+Inside a :func:`network_checkpoints` block (which :meth:`medad.model.AnomalyDetector.fit` opens
+beside its pre-training checkpoint), every network is saved atomically once trained, and on resume
+a network already saved by a run with the same fingerprint is loaded instead of trained again, so
+an interrupted DDAD fit (seven networks) loses at most the network it was training.
+
 >>> import torch
 >>> from torch import nn
 >>> net = nn.Linear(2, 1)
@@ -17,14 +22,72 @@ True
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from medad.train.checkpoint import load_checkpoint, save_checkpoint
+
 from medad.progress import progress_bar
 
 log = logging.getLogger("medad")
+
+
+@dataclass
+class _NetworkStore:
+    directory: Path
+    fingerprint: str
+    resume: bool
+    count: int = 0
+
+    def next_path(self, name: str) -> Path:
+        """``NN-<name>.pt``: networks are numbered in the (deterministic) order they are trained."""
+        self.count += 1
+        return self.directory / f"{self.count:02d}-{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.pt"
+
+    def load(self, path: Path, module: nn.Module, name: str, epochs: int) -> list[float] | None:
+        """The saved losses after loading the saved weights into ``module``; ``None`` (train it)
+        when not resuming, when there is no file, or when the file is from other settings or broken."""
+        if not (self.resume and path.is_file()):
+            return None
+        try:
+            state, meta = load_checkpoint(path, map_location=next(module.parameters()).device)
+            if (meta.get("fingerprint"), meta.get("name"), meta.get("epochs")) != (self.fingerprint, name, epochs):
+                log.warning("%s: %s was saved with other settings; training it again", name, path)
+                return None
+            module.load_state_dict(state["module"])
+        except (ValueError, RuntimeError, KeyError) as exc:
+            log.warning("%s: cannot resume from %s (%s); training it again", name, path, exc)
+            return None
+        log.info("%s: loaded from %s (resumed)", name, path)
+        return [float(v) for v in meta["losses"]]
+
+
+_STORE: ContextVar[_NetworkStore | None] = ContextVar("medad_network_checkpoints", default=None)
+
+
+@contextmanager
+def network_checkpoints(directory: str | Path, fingerprint: str = "", resume: bool = False) -> Iterator[None]:
+    """Within this block :func:`train_network` saves every trained network to ``directory`` and,
+    with ``resume``, loads a network saved there under the same ``fingerprint`` (and name and
+    epochs) instead of training it. Without ``resume`` the folder is emptied first.
+    """
+    directory = Path(directory)
+    if not resume:
+        shutil.rmtree(directory, ignore_errors=True)
+    token = _STORE.set(_NetworkStore(directory, fingerprint, resume))
+    try:
+        yield
+    finally:
+        _STORE.reset(token)
 
 
 def train_network(
@@ -43,9 +106,18 @@ def train_network(
     device batch by batch); returns the mean loss per epoch. A trailing batch of one image is
     dropped (BatchNorm cannot train on it). Raises ``FloatingPointError`` on a non-finite loss.
     A progress bar named ``name`` shows epochs and loss on a terminal (see :mod:`medad.progress`).
+    Inside :func:`network_checkpoints` the trained network is saved, or loaded when resuming.
     """
     if len(images) < 2:
         raise ValueError(f"training {name} needs at least 2 images, got {len(images)}")
+    store = _STORE.get()
+    path = None
+    if store is not None:
+        path = store.next_path(name)
+        saved = store.load(path, module, name, epochs)
+        if saved is not None:
+            module.eval()
+            return saved
     device = next(module.parameters()).device
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -69,4 +141,7 @@ def train_network(
             progress.update(task, advance=1, info=f"loss {losses[-1]:.5f}")
             log.debug("%s epoch %d/%d loss %.5f", name, epoch, epochs, losses[-1])
     module.eval()
+    if store is not None and path is not None:  # inside network_checkpoints()
+        save_checkpoint(path, {"module": module.state_dict()},
+                        {"fingerprint": store.fingerprint, "name": name, "epochs": epochs, "losses": losses})
     return losses
