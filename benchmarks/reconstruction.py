@@ -20,7 +20,8 @@ Pools are built with :func:`medad.data.pool.build_pool` and saved to
 Dice at the label-free pixel threshold and the oracle Dice (LGG), train time, and for DDAD the
 image AUROC of the raw A_intra / A_inter maps before the ASR-Net and the label-free pixel AUROCs
 of the raw and refined maps on synthetic anomalies (``fpi_*``). Finished runs are
-appended to ``OUT/results.jsonl``; ``--resume`` skips runs already there.
+appended to ``OUT/results.jsonl``; ``--resume`` skips runs already there and continues an
+interrupted one from the networks it had finished (``checkpoints/networks/``).
 
     .venv/bin/python benchmarks/reconstruction.py [--epochs 50] [--asr-epochs 100] [--max-train 500]
     .venv/bin/python benchmarks/reconstruction.py --epochs 1 --asr-epochs 1 --max-train 32 --pool-size 32  # smoke
@@ -153,7 +154,8 @@ def run(dataset: str, variant: str, seed: int, args: argparse.Namespace, cache: 
                          seed, args.out, cache)
     cfg = config(dataset, variant, seed, args, pool)
     folder = run_path(args.out, dataset, variant, seed)
-    metrics = train_run(cfg, folder, overwrite=True)
+    # --resume also continues a run interrupted inside its detector's fit (finished networks are loaded)
+    metrics = train_run(cfg, folder, resume=args.resume, overwrite=not args.resume)
     row = {"dataset": dataset, "variant": variant, "seed": seed, "epochs": args.epochs, "pool_rate": rate,
            "pool_size": None if pool is None else args.pool_size or args.max_train, "n_train": metrics["n_train"]}
     row.update({c: metrics.get(c) for c in COLUMNS})
