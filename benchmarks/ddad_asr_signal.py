@@ -8,6 +8,8 @@ For each saved DDAD run (a run folder of ``benchmarks/reconstruction.py``) this 
   abnormal images (a near-constant refined map means the ASR-Net learned little);
 * the label-free pixel AUROCs of the raw and refined maps against the FPI masks of validation
   normals (``DDADDetector.diagnostics``);
+* for reference, the pixel AUROC of the patch-position prior alone (how often each pixel falls
+  in an FPI patch), i.e. what a map that ignores the image can reach;
 * the same for a white square pasted with the FPI geometry (an anomaly no normal image has):
   A_intra against the NDM's plain reconstruction error.
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from medad.augment.fpi import foreign_patch_interpolation
+from medad.augment.fpi import foreign_patch_interpolation, patch_masks
 from medad.data.loading import load_splits, load_test_split
 from medad.detectors.ddad import DDADDetector
 from medad.detectors.registry import build_detector
@@ -56,6 +58,13 @@ def white_square(ddad: DDADDetector, val: torch.Tensor) -> dict[str, float]:
             "white_rec_error": pixel_auroc(torch.cat(error).numpy(), masks)}
 
 
+def prior_auroc(size: int, n: int = 512) -> float:
+    """Pixel AUROC against ``n`` FPI masks of the per-pixel patch frequency (20000 other masks)."""
+    prior = patch_masks(20000, size, torch.Generator().manual_seed(1)).mean(0)
+    masks = patch_masks(n, size, torch.Generator().manual_seed(2))
+    return pixel_auroc(prior.expand(n, size, size).numpy(), list(masks.numpy()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="run folders of DDAD runs")
@@ -73,6 +82,7 @@ def main() -> None:
         print(f"\n{run}")
         print("  mean of the map:", {k: round(v, 4) for k, v in refined_means(ddad, groups).items()})
         print("  FPI pixel AUROC on validation normals:", {k: round(v, 3) for k, v in ddad.diagnostics(val).items()})
+        print(f"  patch-position prior alone: {prior_auroc(val.shape[-1]):.3f}")
         print("  white squares:", {k: round(v, 3) for k, v in white_square(ddad, val).items()}, flush=True)
         for epochs in args.ensemble_epochs:
             params = {**model.config.detector.params, "variant": "intra", "refine": False, "epochs": epochs}
