@@ -34,9 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from medad.train.checkpoint import load_checkpoint, save_checkpoint
-
 from medad.progress import progress_bar
+from medad.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("medad")
 
