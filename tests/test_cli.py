@@ -94,6 +94,27 @@ def test_select_by_and_unlabeled_flags(tmp_path):
     assert result.exit_code == 2 and "select_by" in result.output
 
 
+def test_ddad_run_reports_its_diagnostics_and_resumes_from_its_saved_networks(tmp_path):
+    data, tiny = _tiny_dataset(tmp_path, 24)  # 2 validation normals: the least the diagnostics need
+    run = tmp_path / "run"
+    ddad = ["train", *tiny, "--out", str(run), "--method", "none", "--detector", "ddad",
+            "--unlabeled", str(data / "test" / "lesion"),
+            "--set", 'detector.params={"ensemble": 2, "epochs": 1, "asr_epochs": 1, "batch_size": 4, "latent": 4, '
+                     '"hidden": 8, "asr_width": 4}']
+    result = runner.invoke(app, ddad)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"ddad_fpi_auroc_intra", "ddad_fpi_auroc_inter", "ddad_fpi_auroc_refined"} <= set(metrics)
+    saved = sorted(p.name for p in (run / "checkpoints" / "networks").glob("*.pt"))
+    assert saved == ["01-ddad_NDM_0.pt", "02-ddad_NDM_1.pt", "03-ddad_UDM_0.pt", "04-ddad_UDM_1.pt",
+                     "05-ddad_ASR_Net.pt"]
+    result = runner.invoke(app, [*ddad, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("(resumed)") == 5  # every network loaded, none trained again
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["image_auroc"] == metrics["image_auroc"] and again["threshold"] == metrics["threshold"]
+
+
 def test_compare_ranks_runs_by_sensitivity_score_and_refuses_other_splits(tmp_path):
     _, tiny = _tiny_dataset(tmp_path, 16)
     common = [*tiny, "--epochs", "2", "--set", "train.sensitivity_holdout=4"]
