@@ -6,6 +6,8 @@ For each saved DDAD run (a run folder of ``benchmarks/reconstruction.py``) this 
 
 * the mean of the refined map over training normals, validation normals and the test normal and
   abnormal images (a near-constant refined map means the ASR-Net learned little);
+* the Spearman correlation, over the test images (no labels), between the image mean of each raw
+  map and that of the refined map: what the refined image score follows;
 * the label-free pixel AUROCs of the raw and refined maps against the FPI masks of validation
   normals (``DDADDetector.diagnostics``);
 * for reference, the pixel AUROC of the patch-position prior alone (how often each pixel falls
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
 from medad.augment.fpi import foreign_patch_interpolation, patch_masks
 from medad.data.loading import load_splits, load_test_split
@@ -41,6 +44,15 @@ from medad.model import AnomalyDetector
 def refined_means(ddad: DDADDetector, groups: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean of the refined (or, without ASR-Net, the used raw) map over each group of images."""
     return {name: float(torch.cat([ddad.anomaly_map(b) for b in x.split(64)]).mean()) for name, x in groups.items()}
+
+
+@torch.no_grad()
+def follows(ddad: DDADDetector, x: torch.Tensor) -> dict[str, float]:
+    """Spearman correlation of the image means of each raw map with the image mean of the map."""
+    raw = torch.cat([ddad.raw_maps(b) for b in x.split(64)]).mean((2, 3))
+    used = torch.cat([ddad.anomaly_map(b) for b in x.split(64)]).mean((1, 2))
+    names = ["A_intra", "A_inter"][: raw.shape[1]]
+    return {name: float(spearmanr(raw[:, i].numpy(), used.numpy()).statistic) for i, name in enumerate(names)}
 
 
 @torch.no_grad()
@@ -81,6 +93,8 @@ def main() -> None:
                   "test_abnormal": x_test[test.labels == 1]}
         print(f"\n{run}")
         print("  mean of the map:", {k: round(v, 4) for k, v in refined_means(ddad, groups).items()})
+        print("  Spearman of the map's image mean with the raw maps' (test images):",
+              {k: round(v, 3) for k, v in follows(ddad, x_test).items()})
         print("  FPI pixel AUROC on validation normals:", {k: round(v, 3) for k, v in ddad.diagnostics(val).items()})
         print(f"  patch-position prior alone: {prior_auroc(val.shape[-1]):.3f}")
         print("  white squares:", {k: round(v, 3) for k, v in white_square(ddad, val).items()}, flush=True)
