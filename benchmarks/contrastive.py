@@ -64,7 +64,8 @@ def run_one(name: str, path: Path, channels: int, epochs: int, width: int, out: 
         "total_s": time.perf_counter() - t0,
     }
     if name == "lgg":
-        row.update({f"auroc_{k}_posmatched": v for k, v in position_matched_auroc(run_dir, path / "manifest.csv").items()})
+        matched = position_matched_auroc(run_dir, path / "manifest.csv")
+        row.update({f"auroc_{k}_posmatched": v for k, v in matched.items()})
     return row
 
 

@@ -157,4 +157,5 @@ def test_api_fit_with_an_unlabeled_pool() -> None:
     scores = model.decision_function(test)
     assert scores.shape == (4,) and np.isfinite(scores).all()
     assert model.anomaly_map(test).shape[-2:] == (32, 32)
-    assert set(model.diagnostics(normals[9:])) == {"ddad_fpi_auroc_intra", "ddad_fpi_auroc_inter", "ddad_fpi_auroc_refined"}
+    keys = {"ddad_fpi_auroc_intra", "ddad_fpi_auroc_inter", "ddad_fpi_auroc_refined"}
+    assert set(model.diagnostics(normals[9:])) == keys

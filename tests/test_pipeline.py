@@ -157,7 +157,8 @@ def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_p
 
 
 def test_pmsacl_run_shows_its_medmix_examples_in_the_report(dataset, tmp_path):
-    cfg = RunConfig.model_validate({**TINY, "data": {**TINY["data"], "path": str(dataset)}, "method": {"name": "pmsacl"}})
+    data = {**TINY["data"], "path": str(dataset)}
+    cfg = RunConfig.model_validate({**TINY, "data": data, "method": {"name": "pmsacl"}})
     train_run(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "figures" / "pmsacl_examples.png").is_file()
     html = (tmp_path / "run" / "report.html").read_text()

@@ -86,7 +86,8 @@ def test_random_crops_are_slices_of_the_images() -> None:
 
 
 def test_patches_leave_the_batchnorm_running_statistics_alone():
-    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1), torch.nn.LazyLinear(8))
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1),
+                                  torch.nn.LazyLinear(8))
     encoder(torch.rand(2, 1, 6, 6))  # materialise the lazy layer
     before = encoder[1].running_mean.clone()
     patch_position_loss(encoder, PatchPositionHead(8), torch.rand(4, 1, 24, 24) + 3, patch_size=6, jitter=0)
