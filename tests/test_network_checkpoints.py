@@ -12,7 +12,10 @@ import medad.train.networks as networks
 from medad import AnomalyDetector
 from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
-from medad.train.networks import network_checkpoints, train_network
+from medad.detectors.registry import build_detector
+from medad.train.networks import LoopCheckpoint, network_checkpoints, train_network
+
+from toys import TINY_DETECTOR_PARAMS  # tests/ is on sys.path
 
 
 def _fit(net: nn.Module, calls: list[int], name: str = "net", epochs: int = 3) -> list[float]:
@@ -101,3 +104,43 @@ def test_an_interrupted_ddad_fit_resumes_where_it_stopped(tmp_path, monkeypatch)
     scores = fit(resume=True).decision_function(normals)
     assert trained_again == ["ddad ASR-Net"]  # the two NDM members were loaded
     assert torch.allclose(torch.as_tensor(scores), torch.as_tensor(reference))
+
+
+def test_a_saved_network_that_does_not_fit_is_a_clear_error(tmp_path) -> None:
+    with network_checkpoints(tmp_path, "abc"):
+        _fit(nn.Linear(2, 1), [])
+    bigger = nn.Sequential(nn.Linear(2, 1))  # same name, epochs and fingerprint, other layout
+    with network_checkpoints(tmp_path, "abc", resume=True), pytest.raises(ValueError, match="does not fit"):
+        _fit(bigger, [])
+
+
+@pytest.mark.parametrize("name", ["igd", "fanogan"])
+def test_an_interrupted_adversarial_loop_resumes_after_its_last_epoch(tmp_path, monkeypatch, name) -> None:
+    """IGD's and the f-AnoGAN GAN's own loops save every epoch; a fit killed after epoch 1 continues
+    at epoch 2 and ends with the same detector as an uninterrupted fit."""
+    module = {"igd": "medad.detectors.igd", "fanogan": "medad.detectors.fanogan"}[name]
+    params = {**TINY_DETECTOR_PARAMS[name], "epochs": 3}
+    normals, _ = make_phantoms(8, 16, seed=0)
+    folder = tmp_path / "networks"
+
+    def fit(resume: bool):
+        with network_checkpoints(folder, "f", resume=resume):
+            return build_detector(name, params).fit(normals, None)
+
+    reference = fit(resume=False).score(normals, None).scores
+    saved_epochs: list[int] = []
+
+    class KilledAfterEpochOne(LoopCheckpoint):
+        def save(self, **counters: int) -> None:
+            super().save(**counters)
+            saved_epochs.append(counters["epoch"])
+            if counters["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"{module}.LoopCheckpoint", KilledAfterEpochOne)
+    with pytest.raises(KeyboardInterrupt):
+        fit(resume=False)
+    saved_epochs.clear()
+    resumed = fit(resume=True)
+    assert saved_epochs == [2, 3]  # epoch 1 was not trained again
+    assert torch.allclose(resumed.score(normals, None).scores, reference)

@@ -40,7 +40,9 @@ from medad.models.decoder import (
     ConvDecoder, backbone_from_spec, backbone_spec, copy_weights, default_spec, usable_backbone,
 )
 from medad.models.gan import Critic
+from medad.progress import progress_bar
 from medad.ssim import ms_ssim, ms_ssim_map
+from medad.train.networks import LoopCheckpoint
 
 log = logging.getLogger("medad")
 
@@ -217,20 +219,29 @@ class IGDDetector(ReconstructionDetector):
             ae = [*model.encoder.parameters(), *model.decoder.parameters()]
             optimizers.append((torch.optim.Adam(ae, lr=p.lr), torch.optim.Adam(model.critic.parameters(), lr=p.lr)))
         generator = torch.Generator().manual_seed(p.seed)
-        for epoch in range(p.epochs):
-            if epoch % p.refresh_every == 0:
-                self._refresh(images)
-            for model, _ in models:
-                model.train()
-            totals = [0.0] * len(models)
-            for idx in torch.randperm(len(images), generator=generator).split(p.batch_size):
-                if len(idx) < 2:
-                    continue
-                x = images[idx].to(self.device)
-                for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
-                    batch = x if patch == 0 else random_patches(x, patch, self.params.patches_per_image, generator)
-                    totals[i] += self._step(model, opt_ae, opt_critic, batch, generator, epoch)
-            log.debug("igd epoch %d/%d losses %s", epoch + 1, p.epochs, [round(t, 5) for t in totals])
+        parts: dict[str, nn.Module | torch.optim.Optimizer] = {}
+        for i, ((model, _), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
+            parts.update({f"model{i}": model, f"ae_optimizer{i}": opt_ae, f"critic_optimizer{i}": opt_critic})
+        checkpoint = LoopCheckpoint("igd", p.epochs, parts, generator)  # resumes an interrupted fit
+        start = checkpoint.restore()["epoch"]
+        with progress_bar() as progress:
+            task = progress.add_task("igd", total=p.epochs, completed=start, info="")
+            for epoch in range(start, p.epochs):
+                if epoch % p.refresh_every == 0:
+                    self._refresh(images)
+                for model, _ in models:
+                    model.train()
+                totals = [0.0] * len(models)
+                for idx in torch.randperm(len(images), generator=generator).split(p.batch_size):
+                    if len(idx) < 2:
+                        continue
+                    x = images[idx].to(self.device)
+                    for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
+                        batch = x if patch == 0 else random_patches(x, patch, p.patches_per_image, generator)
+                        totals[i] += self._step(model, opt_ae, opt_critic, batch, generator, epoch)
+                checkpoint.save(epoch=epoch + 1)
+                progress.update(task, advance=1, info=f"loss {totals[0]:.4f}")
+                log.debug("igd epoch %d/%d losses %s", epoch + 1, p.epochs, [round(t, 5) for t in totals])
         self._refresh(images)
 
     def _step(self, model: IGDModel, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,

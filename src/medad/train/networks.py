@@ -7,7 +7,9 @@ that network is part of the detector's state and saved with it.
 Inside a :func:`network_checkpoints` block (which :meth:`medad.model.AnomalyDetector.fit` opens
 beside its pre-training checkpoint), every network is saved atomically once trained, and on resume
 a network already saved by a run with the same fingerprint is loaded instead of trained again, so
-an interrupted DDAD fit (seven networks) loses at most the network it was training.
+an interrupted DDAD fit (seven networks) loses at most the network it was training. Detectors
+with their own loop (IGD, the f-AnoGAN GAN) save and restore it every epoch through
+:class:`LoopCheckpoint`.
 
 >>> import torch
 >>> from torch import nn
@@ -52,22 +54,31 @@ class _NetworkStore:
         self.count += 1
         return self.directory / f"{self.count:02d}-{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.pt"
 
-    def load(self, path: Path, module: nn.Module, name: str, epochs: int) -> list[float] | None:
-        """The saved losses after loading the saved weights into ``module``; ``None`` (train it)
-        when not resuming, when there is no file, or when the file is from other settings or broken."""
+    def restore(self, path: Path, name: str, epochs: int, apply: Callable[[dict], object]) -> dict | None:
+        """The saved metadata after ``apply(state)`` of the checkpoint at ``path``; ``None`` (start
+        from scratch, nothing applied) when not resuming, without a file, or when the file is
+        unreadable or from other settings. A state that does not fit is an error: it may have
+        been applied in part, so training from there would not be training from scratch."""
         if not (self.resume and path.is_file()):
             return None
         try:
-            state, meta = load_checkpoint(path, map_location=next(module.parameters()).device)
-            if (meta.get("fingerprint"), meta.get("name"), meta.get("epochs")) != (self.fingerprint, name, epochs):
-                log.warning("%s: %s was saved with other settings; training it again", name, path)
-                return None
-            module.load_state_dict(state["module"])
-        except (ValueError, RuntimeError, KeyError) as exc:
+            state, meta = load_checkpoint(path)
+        except ValueError as exc:
             log.warning("%s: cannot resume from %s (%s); training it again", name, path, exc)
             return None
+        if (meta.get("fingerprint"), meta.get("name"), meta.get("epochs")) != (self.fingerprint, name, epochs):
+            log.warning("%s: %s was saved with other settings; training it again", name, path)
+            return None
+        try:
+            apply(state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{name}: {path} does not fit this network ({exc}); delete it or run without "
+                             "--resume") from exc
         log.info("%s: loaded from %s (resumed)", name, path)
-        return [float(v) for v in meta["losses"]]
+        return meta
+
+    def save(self, path: Path, name: str, epochs: int, state: dict, **meta: object) -> None:
+        save_checkpoint(path, state, {"fingerprint": self.fingerprint, "name": name, "epochs": epochs, **meta})
 
 
 _STORE: ContextVar[_NetworkStore | None] = ContextVar("medad_network_checkpoints", default=None)
@@ -113,10 +124,10 @@ def train_network(
     path = None
     if store is not None:
         path = store.next_path(name)
-        saved = store.load(path, module, name, epochs)
+        saved = store.restore(path, name, epochs, lambda state: module.load_state_dict(state["module"]))
         if saved is not None:
             module.eval()
-            return saved
+            return [float(v) for v in saved["losses"]]
     device = next(module.parameters()).device
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -141,6 +152,45 @@ def train_network(
             log.debug("%s epoch %d/%d loss %.5f", name, epoch, epochs, losses[-1])
     module.eval()
     if store is not None and path is not None:  # inside network_checkpoints()
-        save_checkpoint(path, {"module": module.state_dict()},
-                        {"fingerprint": store.fingerprint, "name": name, "epochs": epochs, "losses": losses})
+        store.save(path, name, epochs, {"module": module.state_dict()}, losses=losses)
     return losses
+
+
+class LoopCheckpoint:
+    """Epoch checkpoints for a detector's own training loop (IGD, the f-AnoGAN GAN).
+
+    Inside :func:`network_checkpoints`, :meth:`save` writes the state of ``parts`` (modules and
+    optimisers by key), the random ``generator`` and integer counters after an epoch, and
+    :meth:`restore` loads the last one on resume and returns its counters (``{"epoch": 0}`` when
+    there is none, i.e. start from scratch). Outside such a block both do nothing.
+
+    >>> net = nn.Linear(2, 1)
+    >>> ckpt = LoopCheckpoint("net", 5, {"net": net}, torch.Generator())
+    >>> ckpt.restore()
+    {'epoch': 0}
+    """
+
+    def __init__(self, name: str, epochs: int, parts: dict[str, nn.Module | torch.optim.Optimizer],
+                 generator: torch.Generator):
+        self.store = _STORE.get()
+        self.path = self.store.next_path(name) if self.store is not None else None
+        self.name, self.epochs, self.parts, self.generator = name, epochs, parts, generator
+
+    def restore(self) -> dict[str, int]:
+        if self.store is None or self.path is None:
+            return {"epoch": 0}
+
+        def apply(state: dict) -> None:
+            for key, part in self.parts.items():
+                part.load_state_dict(state["parts"][key])
+            self.generator.set_state(state["rng"])
+
+        meta = self.store.restore(self.path, self.name, self.epochs, apply)
+        return {"epoch": 0} if meta is None else {k: int(v) for k, v in meta["counters"].items()}
+
+    def save(self, **counters: int) -> None:
+        if self.store is None or self.path is None:
+            return
+        state = {"parts": {key: part.state_dict() for key, part in self.parts.items()},
+                 "rng": self.generator.get_state()}
+        self.store.save(self.path, self.name, self.epochs, state, counters=counters)
