@@ -43,13 +43,15 @@ def test_trained_networks_are_saved_and_loaded_on_resume(tmp_path) -> None:
     assert torch.equal(fresh.weight, first.weight) and not fresh.training
 
 
-@pytest.mark.parametrize("change", ["fingerprint", "epochs", "corrupt", "no resume"])
+@pytest.mark.parametrize("change", ["fingerprint", "epochs", "corrupt", "no metadata", "no resume"])
 def test_a_network_saved_under_other_settings_is_trained_again(tmp_path, caplog, change) -> None:
     calls: list[int] = []
     with network_checkpoints(tmp_path, "abc"):
         _fit(nn.Linear(2, 1), calls)
     if change == "corrupt":
         (tmp_path / "01-net.pt").write_bytes(b"not a checkpoint")
+    if change == "no metadata":  # killed between writing the tensors and their .json
+        (tmp_path / "01-net.json").unlink()
     fingerprint = "other" if change == "fingerprint" else "abc"
     epochs = 4 if change == "epochs" else 3
     before = len(calls)

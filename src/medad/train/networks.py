@@ -63,7 +63,7 @@ class _NetworkStore:
             return None
         try:
             state, meta = load_checkpoint(path)
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:  # broken, or killed before its .json was written
             log.warning("%s: cannot resume from %s (%s); training it again", name, path, exc)
             return None
         if (meta.get("fingerprint"), meta.get("name"), meta.get("epochs")) != (self.fingerprint, name, epochs):
