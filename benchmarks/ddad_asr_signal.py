@@ -49,8 +49,9 @@ def refined_means(ddad: DDADDetector, groups: dict[str, torch.Tensor]) -> dict[s
 @torch.no_grad()
 def follows(ddad: DDADDetector, x: torch.Tensor) -> dict[str, float]:
     """Spearman correlation of the image means of each raw map with the image mean of the map."""
-    raw = torch.cat([ddad.raw_maps(b) for b in x.split(64)]).mean((2, 3))
-    used = torch.cat([ddad.anomaly_map(b) for b in x.split(64)]).mean((1, 2))
+    maps = torch.cat([ddad.raw_maps(b) for b in x.split(64)])
+    raw = maps.mean((2, 3))
+    used = torch.cat([ddad.map_from_raw(m) for m in maps.split(64)]).mean((1, 2))
     names = ["A_intra", "A_inter"][: raw.shape[1]]
     return {name: float(spearmanr(raw[:, i].numpy(), used.numpy()).statistic) for i, name in enumerate(names)}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Union
 
@@ -169,12 +170,11 @@ class AnomalyDetector:
             if can_score else None,
         ) if method.trains else []
         self.encoder_ = method.encoder.to(self.device).eval()
-        pool = None if unlabeled is None else self.prepare(unlabeled)
-        if checkpoint_path is None:
-            self._fit_scores(train, val, pool)
-        else:  # detectors' own networks are saved beside the pre-training checkpoint, and resumed
-            with network_checkpoints(Path(checkpoint_path).parent / "networks", fingerprint, resume):
-                self._fit_scores(train, val, pool)
+        # detectors' own networks are saved beside the pre-training checkpoint, and resumed
+        networks = nullcontext() if checkpoint_path is None else network_checkpoints(
+            Path(checkpoint_path).parent / "networks", fingerprint, resume)
+        with networks:
+            self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
         self.train_seconds_ = time.perf_counter() - t0
         return self
 

@@ -216,7 +216,7 @@ class DDADDetector(ReconstructionDetector):
         names = ["intra", "inter"][: raw.shape[1]]
         out = {f"fpi_auroc_{n}": pixel_auroc(raw[:, i].cpu().numpy(), masks) for i, n in enumerate(names)}
         if self.asr is not None:
-            refined = torch.cat([torch.sigmoid(self.asr(r)) for r in raw.split(self.params.batch_size)])
+            refined = torch.cat([self.map_from_raw(r) for r in raw.split(self.params.batch_size)])
             out["fpi_auroc_refined"] = pixel_auroc(refined.cpu().numpy(), masks)
             best_raw = max(out[f"fpi_auroc_{n}"] for n in names)
             if best_raw < RAW_SIGNAL_FLOOR:
@@ -240,8 +240,12 @@ class DDADDetector(ReconstructionDetector):
         recs_udm = torch.stack([net(x).reconstruction for net in self.udm])
         return torch.stack([intra, inter_discrepancy(recs, recs_udm, sigma)], 1)
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        maps = self.raw_maps(x)
+    def map_from_raw(self, maps: Tensor) -> Tensor:
+        """The detector's map ``[B, H, W]`` from :meth:`raw_maps`: σ(F(maps)) (R_dual / R_intra), or
+        the raw A_inter (dual) / A_intra (intra) without the ASR-Net."""
         if self.asr is None:
-            return maps[:, -1]  # A_inter (dual) or A_intra (intra)
+            return maps[:, -1]
         return torch.sigmoid(self.asr(maps))
+
+    def anomaly_map(self, x: Tensor) -> Tensor:
+        return self.map_from_raw(self.raw_maps(x))
