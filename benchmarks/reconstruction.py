@@ -30,6 +30,7 @@ interrupted one from the networks it had finished (``checkpoints/networks/``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -141,7 +142,9 @@ def add_ddad_columns(row: dict, run_dir: Path) -> None:
     labels = test.labels.numpy()
     row["raw_intra_auroc"] = float(roc_auc_score(labels, raw[:, 0].numpy()))
     row["raw_inter_auroc"] = float(roc_auc_score(labels, raw[:, 1].numpy())) if raw.shape[1] == 2 else None
-    found = model.diagnostics(load_splits(model.config.data, seed=model.config.train.seed).val)
+    found = json.loads((run_dir / "metrics.json").read_text())  # the pipeline wrote them...
+    if not set(FPI_COLUMNS.values()) & set(found):  # ...unless the run predates the diagnostics
+        found = model.diagnostics(load_splits(model.config.data, seed=model.config.train.seed).val)
     row.update({column: found.get(key) for column, key in FPI_COLUMNS.items()})
 
 
