@@ -61,6 +61,10 @@ def train(
     data: Optional[Path] = typer.Option(None, help="MVTec-style folder or MedMNIST .npz file."),
     out: Path = typer.Option(..., help="Run directory to write (model/, metrics.json, report.html, ...)."),
     config: Optional[Path] = typer.Option(None, help="YAML config; flags below override it."),
+    preset: Optional[str] = typer.Option(
+        None, help="Start from a preset (brain-mri, chest-xray, breast-ultrasound, generic; `medad list`); "
+        "the config file and the flags override it."
+    ),
     method: Optional[str] = typer.Option(None, help="Pre-training method, e.g. contrastive."),
     detector: Optional[str] = typer.Option(
         None,
@@ -91,25 +95,27 @@ def train(
 
     Example:
 
+        medad train --preset brain-mri --data ../shared/data/lgg_brain_mri_dev --out runs/lgg
+
         medad train --data ../shared/data/lgg_brain_mri_mini --method contrastive \\
             --detector mahalanobis --image-size 64 --channels 3 --epochs 5 --out runs/lgg
 
         medad train --data data/synthetic --method ccd --set method.params.view=local \\
             --set encoder.width=32 --out runs/ccd-local
     """
-    from medad.config import RunConfig, apply_overrides, apply_shortcuts, load_config, parse_assignments
+    from medad.config import apply_overrides, load_config, parse_assignments, shortcut_overrides
     from medad.pipeline import train_run
 
     try:
-        assignments = parse_assignments(set_)
-        if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
-            assignments["data.unlabeled"] = str(unlabeled)
-        base = apply_overrides(load_config(config) if config else RunConfig(), assignments)
-        cfg = apply_shortcuts(
-            base, data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
+        overrides = shortcut_overrides(
+            data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
             seed=seed, device=device, progress=None if progress else False,
         )
+        overrides.update(parse_assignments(set_))
+        if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
+            overrides["data.unlabeled"] = str(unlabeled)
+        cfg = apply_overrides(load_config(config, preset=preset), overrides)
         metrics = train_run(cfg, out, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)
@@ -243,7 +249,7 @@ def synth(
 
 @app.command("list")
 def list_components() -> None:
-    """List the available pre-training methods and detectors (scores).
+    """List the available pre-training methods, detectors (scores) and presets.
 
     Example:
 
@@ -251,9 +257,13 @@ def list_components() -> None:
     """
     from medad.detectors.registry import DETECTORS
     from medad.methods.registry import METHODS
+    from medad.presets import PRESETS
 
     typer.echo("methods:   " + ", ".join(sorted(METHODS)))
     typer.echo("detectors: " + ", ".join(sorted(DETECTORS)))
+    typer.echo("presets (medad train --preset NAME; docs/presets.md):")
+    for name, preset in PRESETS.items():
+        typer.echo(f"  {name:<18} {preset.summary}")
 
 
 def _print_summary(metrics: dict, out: Path) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medad.presets import merge_preset
+
 SCHEMA_VERSION = 1
 
 
@@ -82,6 +84,26 @@ class DetectorConfig(_Strict):
     )
 
 
+class MapConfig(_Strict):
+    """Post-processing of every anomaly map (spatial detectors), label-free; lengths in px at 256 px,
+    scaled with the image side (see :mod:`medad.detectors.maps`). The defaults change nothing."""
+
+    foreground: float | None = Field(
+        None, ge=0, lt=1, description="zero the map outside each image's foreground (pixels above this fraction "
+        "of its 99th percentile, holes filled); None = keep the whole map"
+    )
+    erode: float = Field(0.0, ge=0, description="erode the foreground by this radius (px at 256 px), e.g. "
+                         "to drop the scalp of head MRI")
+    smooth: float = Field(0.0, ge=0, description="Gaussian blur of the map, sigma in px at 256 px (0 = none)")
+    reduction: Literal["max", "mean"] | None = Field(
+        None, description="image score from the post-processed map; None = the detector's own reduction"
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.foreground is not None or self.smooth > 0 or self.reduction is not None
+
+
 class TrainConfig(_Strict):
     """The training loop."""
 
@@ -128,10 +150,15 @@ class RunConfig(_Strict):
     """Everything that defines a run; saved as ``RUN_DIR/config.yaml``."""
 
     schema_version: int = SCHEMA_VERSION
+    preset: str | None = Field(
+        None, description="the preset this config started from (medad.presets; `medad list`): filled in by "
+        "load_config / from_preset under the explicit values, then only a record"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    maps: MapConfig = Field(default_factory=MapConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -145,16 +172,30 @@ class RunConfig(_Strict):
         return self
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config; errors name the file and the offending field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a mapping at the top level")
-    return RunConfig.model_validate(raw)
+def load_config(path: str | Path | None = None, preset: str | None = None) -> RunConfig:
+    """Read and validate a YAML config (none: the defaults); ``preset`` replaces the file's
+    ``preset:``. Errors name the file and the offending field."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path} must be a mapping at the top level")
+    if preset is not None:
+        raw["preset"] = preset
+    return RunConfig.model_validate(merge_preset(raw))
+
+
+def from_preset(name: str, values: dict[str, Any] | None = None) -> RunConfig:
+    """The config of preset ``name`` with the nested ``values`` on top.
+
+    >>> from_preset("brain-mri", {"train": {"seed": 1}}).detector.name
+    'dae'
+    """
+    return RunConfig.model_validate(merge_preset({**(values or {}), "preset": name}))
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
@@ -163,15 +204,21 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}``; ``None`` skips.
+    """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}`` (``None`` sets null).
+
+    Choosing another method or detector (``method.name``, ``detector.name``) drops the params of the
+    one it replaces (a preset's, say), unless the same overrides set new ones.
 
     >>> apply_overrides(RunConfig(), {"method.params.temperature": 0.5}).method.params
     {'temperature': 0.5}
+    >>> apply_overrides(from_preset("brain-mri"), {"detector.name": "padim"}).detector.params
+    {}
     """
     data = config.model_dump(mode="json")
+    for part in ("method", "detector"):
+        if overrides.get(f"{part}.name") not in (None, data[part]["name"]):
+            data[part]["params"] = {}
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
@@ -220,7 +267,17 @@ def apply_shortcuts(config: RunConfig, **values: Any) -> RunConfig:
     >>> apply_shortcuts(RunConfig(), epochs=3, detector="nnd").train.epochs
     3
     """
+    return apply_overrides(config, shortcut_overrides(**values))
+
+
+def shortcut_overrides(**values: Any) -> dict[str, Any]:
+    """:data:`SHORTCUTS` keyword values as dotted-key overrides for :func:`apply_overrides`; ``None``
+    means "not given" and is left out.
+
+    >>> shortcut_overrides(epochs=3, seed=None)
+    {'train.epochs': 3}
+    """
     unknown = sorted(set(values) - set(SHORTCUTS))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; known: {sorted(SHORTCUTS)}")
-    return apply_overrides(config, {SHORTCUTS[k]: v for k, v in values.items()})
+    return {SHORTCUTS[k]: v for k, v in values.items() if v is not None}

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medad import __version__
-from medad.config import RunConfig, apply_shortcuts
+from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocess import normalize_intensity
 from medad.detectors.base import DetectorOutput
-from medad.detectors.registry import applicable_detectors, build_detector
+from medad.detectors.maps import postprocess_maps, reduce_maps
+from medad.detectors.registry import applicable_detectors, build_detector, detector_class
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.methods.registry import build_method
@@ -55,14 +56,16 @@ class NotFittedError(RuntimeError):
 class AnomalyDetector:
     """Self-supervised encoder + anomaly scores + label-free threshold.
 
-    Configure with a :class:`~medad.config.RunConfig` and/or shortcuts (``method``, ``detector``,
-    ``image_size``, ``channels``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``device``,
-    ``progress``). Images may be an :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` /
+    Configure with a :class:`~medad.config.RunConfig` or a ``preset`` name (:mod:`medad.presets`),
+    and/or shortcuts (``method``, ``detector``, ``image_size``, ``channels``, ``epochs``,
+    ``batch_size``, ``lr``, ``seed``, ``device``, ``progress``). Images may be an :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` /
     ``[N, H, W]`` (floats in [0, 1] or uint8), or a path to a file or folder of images.
     """
 
-    def __init__(self, config: RunConfig | None = None, **shortcuts: Any):
-        self.config = apply_shortcuts(config or RunConfig(), **shortcuts)
+    def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, **shortcuts: Any):
+        if preset is not None and config is not None:
+            raise ValueError("give a config or a preset, not both (the config records its preset)")
+        self.config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
         self.device = resolve_device(self.config.train.device)
         self.encoder_: nn.Module | None = None
         self.detectors_ = nn.ModuleDict()
@@ -163,12 +166,16 @@ class AnomalyDetector:
         encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
         method = build_method(cfg.method, encoder)
         can_score = len(val) >= 1 and len(train) >= 4 and cfg.train.sensitivity_holdout > 0 and cfg.train.epochs > 0
+        pretrain = method.trains and any(detector_class(name).needs_encoder for name in self.score_names())
+        if method.trains and not pretrain:
+            log.warning("detector %r trains its own network and reads no encoder: method %r is not trained "
+                        "(use --method none)", self.primary, cfg.method.name)
         self.history_ = train_method(
             method, train, val, cfg.train, device=self.device,
             checkpoint_path=checkpoint_path, resume=resume, fingerprint=fingerprint,
             sensitivity=SensitivityScore(train, val, cfg.train.sensitivity_holdout, seed=cfg.train.seed)
             if can_score else None,
-        ) if method.trains else []
+        ) if pretrain else []
         self.encoder_ = method.encoder.to(self.device).eval()
         # detectors' own networks are saved beside the pre-training checkpoint, and resumed
         networks = nullcontext() if checkpoint_path is None else network_checkpoints(
@@ -223,9 +230,19 @@ class AnomalyDetector:
 
     @torch.no_grad()
     def _score(self, x: Tensor) -> dict[str, DetectorOutput]:
-        """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`."""
+        """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`;
+        maps are post-processed as ``config.maps`` says and their image scores taken again."""
         cache: dict = {}
-        return {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
+        outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
+        post = self.config.maps
+        if post.active:
+            for name, out in outputs.items():
+                if out.maps is not None:
+                    maps = postprocess_maps(x, out.maps, foreground=post.foreground, erode=post.erode,
+                                            smooth=post.smooth)
+                    reduction = post.reduction or self.detectors_[name].params.reduction
+                    outputs[name] = DetectorOutput(scores=reduce_maps(maps, reduction), maps=maps)
+        return outputs
 
     def decision_function(self, images: Images) -> np.ndarray:
         """Primary anomaly scores ``[N]``; higher = more anomalous (PyOD convention)."""

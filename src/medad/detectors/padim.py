@@ -32,6 +32,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.maps import reduce_maps, smooth_maps
 from medad.linalg import spd_inverse
 from medad.runtime import module_device
 
@@ -190,33 +191,6 @@ class PositionMoments:
         return cov
 
 
-def smooth_maps(maps: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
-    """Bilinear upsampling of ``maps [N, h, w]`` to ``size``, then a Gaussian blur.
-
-    The blur's σ is ``sigma`` px per 256 px of side (PaDiM / anomalib use σ = 4 at 256 px), i.e.
-    ``sigma·H/256`` vertically and ``sigma·W/256`` horizontally, so it covers the same fraction of
-    the image at any resolution; the kernel is truncated at 4σ and borders are reflected.
-
-    >>> maps = torch.zeros(1, 2, 2)
-    >>> maps[0, 0, 0] = 1.0
-    >>> m = smooth_maps(maps, (8, 8), sigma=16.0)
-    >>> tuple(m.shape), bool(m[0, 0, 0] > m[0, 7, 7])
-    ((1, 8, 8), True)
-    """
-    out = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-    for axis, side in ((2, size[0]), (3, size[1])):
-        s = sigma * side / 256
-        radius = min(int(4 * s + 0.5), side - 1)
-        if s <= 0 or radius < 1:
-            continue
-        taps = torch.arange(-radius, radius + 1, dtype=out.dtype, device=out.device)
-        kernel = torch.exp(-0.5 * (taps / s) ** 2)
-        kernel = (kernel / kernel.sum()).view(1, 1, *((-1, 1) if axis == 2 else (1, -1)))
-        pad = (0, 0, radius, radius) if axis == 2 else (radius, radius, 0, 0)
-        out = F.conv2d(F.pad(out, pad, mode="reflect"), kernel)
-    return out.squeeze(1)
-
-
 class PadimDetector(Detector):
     """PaDiM on any medad encoder (one exposing ``feature_maps`` and ``layer_channels``).
 
@@ -278,8 +252,7 @@ class PadimDetector(Detector):
         encoder = self._check_inputs(images, encoder)
         size, sigma = (images.shape[-2], images.shape[-1]), self.params.sigma
         maps = torch.cat(self._each_batch(images, encoder, lambda f: smooth_maps(self.distance_map(f), size, sigma)))
-        reduce = torch.amax if self.params.reduction == "max" else torch.mean
-        return DetectorOutput(scores=reduce(maps, dim=(1, 2)).double(), maps=maps)
+        return DetectorOutput(scores=reduce_maps(maps, self.params.reduction), maps=maps)
 
     def distance_map(self, features: Tensor) -> Tensor:
         """PMSACL eq. 13 at each position of ``features [B, d, h, w]``: ``[B, h, w]`` float32 on CPU."""

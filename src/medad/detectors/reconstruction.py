@@ -14,13 +14,14 @@ which was used (``image_score_from_map``).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.maps import Reduction, reduce_maps
 
 
 class ReconstructionParams(DetectorParams):
@@ -28,7 +29,7 @@ class ReconstructionParams(DetectorParams):
     lr: float = Field(5e-4, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=2, description="mini-batch size for training and scoring")
     seed: int = Field(0, description="seed of weight initialisation and data order")
-    reduction: Literal["mean", "max"] = Field("mean", description="reduction of the pixel map to the image score")
+    reduction: Reduction = Field("mean", description="reduction of the pixel map to the image score")
 
 
 class ReconstructionDetector(Detector):
@@ -99,6 +100,4 @@ class ReconstructionDetector(Detector):
         self.eval()
         batches = images.split(self.params.batch_size)
         maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu() for b in batches])
-        flat = maps.flatten(1)
-        scores = flat.mean(1) if self.params.reduction == "mean" else flat.amax(1)
-        return DetectorOutput(scores=scores.double(), maps=maps)
+        return DetectorOutput(scores=reduce_maps(maps, self.params.reduction), maps=maps)

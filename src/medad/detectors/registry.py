@@ -15,6 +15,7 @@ from typing import Any
 from medad.detectors.autoencoders import AEUDetector, AutoEncoderDetector, MemAEDetector, MSSSIMAEDetector
 from medad.detectors.base import Detector
 from medad.detectors.cosine import TemperatureCosineDetector
+from medad.detectors.dae import DAEDetector
 from medad.detectors.ddad import DDADDetector
 from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.fanogan import FAnoGANDetector
@@ -28,12 +29,13 @@ DETECTORS: dict[str, type[Detector]] = {
     for cls in (
         MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector,
         DDADDetector, AutoEncoderDetector, MemAEDetector, AEUDetector, MSSSIMAEDetector,
-        IGDDetector, FAnoGANDetector,
+        IGDDetector, FAnoGANDetector, DAEDetector,
     )
 }
 
 
-def _detector_class(name: str) -> type[Detector]:
+def detector_class(name: str) -> type[Detector]:
+    """The detector class registered as ``name`` (ValueError listing the known names otherwise)."""
     try:
         return DETECTORS[name]
     except KeyError:
@@ -42,7 +44,7 @@ def _detector_class(name: str) -> type[Detector]:
 
 def build_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     """A new, unfitted detector ``name`` with validated ``params``."""
-    return _detector_class(name)(**(params or {}))
+    return detector_class(name)(**(params or {}))
 
 
 def applicable_detectors(primary: str) -> list[str]:
@@ -53,7 +55,7 @@ def applicable_detectors(primary: str) -> list[str]:
     beside whose maps the image-level embedding scores are still reported. Detectors that train
     their own network get only ``primary`` itself.
     """
-    if not _detector_class(primary).needs_encoder:
+    if not detector_class(primary).needs_encoder:
         return [primary]
     others = [name for name, cls in DETECTORS.items() if name != primary and issubclass(cls, EmbeddingDetector)]
     return [primary, *others]

@@ -110,10 +110,12 @@ def train_network(
     batch_size: int,
     seed: int,
     weight_decay: float = 0.0,
+    cosine: bool = False,
     name: str = "network",
 ) -> list[float]:
     """Adam on ``loss_fn(batch)`` over shuffled mini-batches of ``images`` (moved to the module's
-    device batch by batch); returns the mean loss per epoch. A trailing batch of one image is
+    device batch by batch); returns the mean loss per epoch. With ``cosine`` the learning rate
+    falls from ``lr`` to 0 over the run on a cosine, step by step (Loshchilov & Hutter 2017). A trailing batch of one image is
     dropped (BatchNorm cannot train on it). Raises ``FloatingPointError`` on a non-finite loss.
     A progress bar named ``name`` shows epochs and loss on a terminal (see :mod:`medad.progress`).
     Inside :func:`network_checkpoints` the trained network is saved, or loaded when resuming.
@@ -130,6 +132,8 @@ def train_network(
             return [float(v) for v in saved["losses"]]
     device = next(module.parameters()).device
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * sum(len(idx) >= 2 for idx in torch.arange(len(images)).split(batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
     generator = torch.Generator().manual_seed(seed)
     module.train()
     losses = []
@@ -146,6 +150,8 @@ def train_network(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 total, seen = total + loss.item() * len(idx), seen + len(idx)
             losses.append(total / seen)
             progress.update(task, advance=1, info=f"loss {losses[-1]:.5f}")

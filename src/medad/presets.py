@@ -1,0 +1,84 @@
+"""Presets: the settings per modality that worked best on medad's development sets.
+
+A preset is a partial run configuration; ``medad train --preset NAME`` (or ``preset: NAME`` in a
+YAML config, ``AnomalyDetector(preset=NAME)``, :func:`medad.config.from_preset`) starts from it, and everything given explicitly — the
+YAML's values, then ``--set`` and the flags — overrides it. The resolved ``config.yaml`` of a run
+spells every value out, so a run repeats even if a preset changes in a later medad.
+
+Each preset was chosen on the development sets in ``../shared/data`` within 30 minutes of wall
+time (train + fit + evaluate) on a 2-core CPU; docs/presets.md gives the figures, the command and
+what each preset assumes about the images (e.g. ``brain-mri``: lesions are hyperintense on
+FLAIR). ``--set train.device=cuda`` (or ``--device cuda``) runs the same preset on a GPU; the
+``*-long`` variants of docs/presets.md give the longer budgets a GPU affords.
+
+>>> sorted(PRESETS)
+['brain-mri', 'breast-ultrasound', 'chest-xray', 'generic']
+>>> merge_preset({"preset": "generic", "train": {"seed": 3}})["train"]["seed"]
+3
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    summary: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "brain-mri": Preset(
+        "axial brain MRI slices, FLAIR (channel 1 of pre-contrast/FLAIR/post-contrast, or grey FLAIR): "
+        "denoising U-Net with coarse noise, hyperintense residual inside the eroded head mask",
+        {
+            "data": {"image_size": 64, "channels": 3},
+            "method": {"name": "none"},
+            "detector": {"name": "dae", "params": {"polarity": "bright", "map_channels": [1], "epochs": 40}},
+            "maps": {"foreground": 0.1, "erode": 24.0, "smooth": 12.0},
+            "evaluation": {"pixel_threshold_quantile": 0.999},
+        },
+    ),
+    "chest-xray": Preset(
+        "frontal chest radiographs (grey)",
+        {
+            "data": {"image_size": 64, "channels": 1},
+        },
+    ),
+    "breast-ultrasound": Preset(
+        "breast ultrasound (grey)",
+        {
+            "data": {"image_size": 64, "channels": 1},
+        },
+    ),
+    "generic": Preset(
+        "any modality, no assumption about what a lesion looks like",
+        {
+            "data": {"image_size": 64},
+        },
+    ),
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, recursively for nested mappings (a copy; inputs untouched)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw config mapping with its ``preset`` (if any) filled in under the explicit values."""
+    name = raw.get("preset")
+    if name is None:
+        return raw
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))} (see `medad list`)")
+    return _merge(PRESETS[name].values, raw)
