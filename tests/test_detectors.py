@@ -172,10 +172,10 @@ def test_encoder_must_return_pooled_embeddings():
 
 def test_registry():
     assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "cosine",
-                              "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan"}
+                              "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan", "dae", "intensity"}
     assert EMBEDDING == ["cosine", "lh", "mahalanobis", "nnd"]
     assert applicable_detectors("nnd")[0] == "nnd" and set(applicable_detectors("nnd")) == set(EMBEDDING)
-    known = "ae, ae_u, cosine, ddad, fanogan, igd, lh, mahalanobis, memae, msssim_ae, nnd, padim"
+    known = "ae, ae_u, cosine, dae, ddad, fanogan, igd, intensity, lh, mahalanobis, memae, msssim_ae, nnd, padim"
     with pytest.raises(ValueError, match=f"known detectors: {known}"):
         build_detector("nope")
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medad.presets import merge_preset
+from medad.presets import PRESETS, merge_preset
 
 SCHEMA_VERSION = 1
 
@@ -206,8 +206,8 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}`` (``None`` sets null).
 
-    Choosing another method or detector (``method.name``, ``detector.name``) drops the params of the
-    one it replaces (a preset's, say), unless the same overrides set new ones.
+    Choosing another method or detector (``method.name``, ``detector.name``) than the config's
+    preset names drops the params that preset gave the one it replaces.
 
     >>> apply_overrides(RunConfig(), {"method.params.temperature": 0.5}).method.params
     {'temperature': 0.5}
@@ -215,8 +215,11 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     {}
     """
     data = config.model_dump(mode="json")
+    preset = PRESETS[config.preset].values if config.preset in PRESETS else {}
     for part in ("method", "detector"):
-        if overrides.get(f"{part}.name") not in (None, data[part]["name"]):
+        given = preset.get(part, {})
+        if (overrides.get(f"{part}.name") not in (None, data[part]["name"])
+                and data[part]["params"] == given.get("params", {})):
             data[part]["params"] = {}
     for dotted, value in overrides.items():
         node = data

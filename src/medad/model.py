@@ -58,8 +58,9 @@ class AnomalyDetector:
 
     Configure with a :class:`~medad.config.RunConfig` or a ``preset`` name (:mod:`medad.presets`),
     and/or shortcuts (``method``, ``detector``, ``image_size``, ``channels``, ``epochs``,
-    ``batch_size``, ``lr``, ``seed``, ``device``, ``progress``). Images may be an :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` /
-    ``[N, H, W]`` (floats in [0, 1] or uint8), or a path to a file or folder of images.
+    ``batch_size``, ``lr``, ``seed``, ``device``, ``progress``). Images may be an
+    :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` / ``[N, H, W]`` (floats in [0, 1] or
+    uint8), or a path to a file or folder of images.
     """
 
     def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, **shortcuts: Any):

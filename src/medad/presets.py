@@ -1,9 +1,10 @@
 """Presets: the settings per modality that worked best on medad's development sets.
 
 A preset is a partial run configuration; ``medad train --preset NAME`` (or ``preset: NAME`` in a
-YAML config, ``AnomalyDetector(preset=NAME)``, :func:`medad.config.from_preset`) starts from it, and everything given explicitly — the
-YAML's values, then ``--set`` and the flags — overrides it. The resolved ``config.yaml`` of a run
-spells every value out, so a run repeats even if a preset changes in a later medad.
+YAML config, ``AnomalyDetector(preset=NAME)``, :func:`medad.config.from_preset`) starts from it,
+and everything given explicitly — the YAML's values, then the flags and ``--set`` — overrides it.
+The resolved ``config.yaml`` of a run spells every value out, so a run repeats even if a preset
+changes in a later medad.
 
 Each preset was chosen on the development sets in ``../shared/data`` within 30 minutes of wall
 time (train + fit + evaluate) on a 2-core CPU; docs/presets.md gives the figures, the command and

@@ -13,7 +13,7 @@ that this coarse noise, not the usual pixel-wise noise, is what makes the DAE a 
 
 Inputs are standardised per image and channel inside the foreground (``standardize``; MRI has no
 absolute intensity scale): x ← (x − μ_fg) / σ_fg on the foreground, 0 outside (the foreground of
-:func:`medad.detectors.maps.foreground_mask`, at ``foreground``).
+:func:`medad.detectors.maps.foreground_mask`, at ``foreground``); the map is 0 outside it too.
 
 The map keeps the residual's sign when the modality says what a lesion looks like
 (``polarity``): ``abs`` |r| (no assumption; the default), ``bright`` max(r, 0) for lesions
@@ -35,7 +35,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from medad.detectors.maps import Reduction, foreground_mask
@@ -43,8 +43,33 @@ from medad.detectors.reconstruction import ReconstructionDetector, Reconstructio
 from medad.models.unet import UNet
 from medad.train.networks import train_network
 
+Polarity = Literal["abs", "bright", "dark", "signed"]
 
-class DAEParams(ReconstructionParams):
+
+class ResidualMapFields(BaseModel):
+    """How images are standardised and how a residual becomes a map (shared with ``intensity``)."""
+
+    standardize: bool = Field(True, description="z-score each image and channel inside its foreground")
+    foreground: float = Field(0.1, ge=0, lt=1, description="foreground threshold (fraction of the 99th percentile)")
+    polarity: Polarity = Field(
+        "abs", description="residual kept in the map: |r|, lesions brighter (r > 0) or darker (r < 0) than "
+        "normal, or r itself (signed)"
+    )
+    map_channels: list[int] | None = Field(None, description="channels averaged into the map (None = all)")
+
+    def check_channels(self, channels: int, name: str) -> None:
+        bad = [c for c in self.map_channels or [] if not 0 <= c < channels]
+        if bad:
+            raise ValueError(f"{name}: map_channels {bad} do not exist in {channels}-channel images")
+
+    def inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The images standardised (when ``standardize``; every pixel, with the foreground's μ and σ)
+        and their foreground ``[N, H, W]``."""
+        foreground = foreground_mask(x, self.foreground)
+        return (standardize(x, foreground) if self.standardize else x), foreground
+
+
+class DAEParams(ReconstructionParams, ResidualMapFields):
     epochs: int = Field(40, ge=1, description="training epochs of the U-Net")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (cosine decay to 0)")
     batch_size: int = Field(16, ge=2, description="mini-batch size for training and scoring")
@@ -52,26 +77,21 @@ class DAEParams(ReconstructionParams):
     widths: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2, description="U-Net channels per level")
     noise_res: int = Field(16, ge=1, description="side of the coarse noise grid (cells per image side)")
     noise_std: float = Field(0.2, gt=0, description="σ_n of the coarse noise, in standardised intensity units")
-    standardize: bool = Field(True, description="z-score each image and channel inside its foreground")
-    foreground: float = Field(0.1, ge=0, lt=1, description="foreground threshold (fraction of the 99th percentile)")
-    polarity: Literal["abs", "bright", "dark"] = Field(
-        "abs", description="residual kept in the map: |r|, lesions brighter (r > 0) or darker (r < 0) than normal"
-    )
-    map_channels: list[int] | None = Field(None, description="channels averaged into the map (None = all)")
 
 
 def standardize(x: Tensor, foreground: Tensor) -> Tensor:
-    """Per image and channel: (x − μ) / σ over the ``foreground [N, H, W]`` pixels, 0 outside.
+    """Per image and channel: (x − μ) / σ with μ and σ taken over the ``foreground [N, H, W]`` pixels
+    (applied to every pixel; an empty foreground leaves the image centred on 0 with σ floored).
 
     >>> x = torch.tensor([[[[0.0, 2.0], [4.0, 9.0]]]])
-    >>> standardize(x, torch.tensor([[[True, True], [True, False]]])).flatten().tolist()
-    [-1.2247449159622192, 0.0, 1.2247449159622192, 0.0]
+    >>> [round(v, 4) for v in standardize(x, torch.tensor([[[True, True], [True, False]]])).flatten().tolist()]
+    [-1.2247, 0.0, 1.2247, 4.2866]
     """
     m = foreground.unsqueeze(1).to(x.dtype)
     n = m.sum((2, 3), keepdim=True).clamp_min(1)
     mean = (x * m).sum((2, 3), keepdim=True) / n
     std = (((x - mean) ** 2 * m).sum((2, 3), keepdim=True) / n).sqrt().clamp_min(1e-3)
-    return (x - mean) / std * m
+    return (x - mean) / std
 
 
 def coarse_noise(shape: torch.Size, res: int, std: float, generator: torch.Generator | None = None) -> Tensor:
@@ -81,18 +101,19 @@ def coarse_noise(shape: torch.Size, res: int, std: float, generator: torch.Gener
     return F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def residual_map(x: Tensor, restored: Tensor, polarity: str, channels: list[int] | None) -> Tensor:
-    """The DAE's map ``[N, H, W]`` from the residual r = x − f(x): |r|, max(r, 0) or max(−r, 0),
-    averaged over ``channels``.
+def residual_map(x: Tensor, restored: Tensor, polarity: Polarity, channels: list[int] | None) -> Tensor:
+    """The map ``[N, H, W]`` from the residual r = x − f(x): |r|, max(r, 0), max(−r, 0) or r
+    (``polarity`` abs / bright / dark / signed), averaged over ``channels``.
 
     >>> x, f = torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]])
-    >>> [residual_map(x, f, p, None).flatten().tolist() for p in ("abs", "bright", "dark")]
-    [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    >>> [residual_map(x, f, p, None).flatten().tolist() for p in ("abs", "bright", "dark", "signed")]
+    [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]
     """
     r = x - restored
     if channels is not None:
         r = r[:, channels]
-    r = r.abs() if polarity == "abs" else r.clamp_min(0) if polarity == "bright" else (-r).clamp_min(0)
+    if polarity != "signed":
+        r = r.abs() if polarity == "abs" else r.clamp_min(0) if polarity == "bright" else (-r).clamp_min(0)
     return r.mean(1)
 
 
@@ -104,22 +125,16 @@ class DAEDetector(ReconstructionDetector):
     params: DAEParams
 
     def build(self, channels: int, size: int) -> None:
-        bad = [c for c in self.params.map_channels or [] if not 0 <= c < channels]
-        if bad:
-            raise ValueError(f"dae: map_channels {bad} do not exist in {channels}-channel images")
+        self.params.check_channels(channels, self.name)
         self.net = UNet(channels, widths=self.params.widths).to(memory_format=torch.channels_last)  # faster on CPU
         if size % self.net.factor:
             raise ValueError(f"dae: the image side ({size}) must be a multiple of {self.net.factor} for "
                              f"{len(self.params.widths)} U-Net levels; change data.image_size or widths")
 
-    def inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The network's input (standardised when ``standardize``) and the foreground ``[N, H, W]``."""
-        foreground = foreground_mask(x, self.params.foreground)
-        return (standardize(x, foreground) if self.params.standardize else x), foreground
-
     def train_networks(self, images: Tensor, encoder: nn.Module | None, unlabeled: Tensor | None) -> None:
         p = self.params
-        x, foreground = self.inputs(images)
+        x, foreground = p.inputs(images)
+        x = x * foreground.unsqueeze(1)
         data = torch.cat([x, foreground.unsqueeze(1).to(x.dtype)], dim=1)  # the mask travels with its image
         noise = torch.Generator().manual_seed(p.seed + 1)
         channels = x.shape[1]
@@ -133,7 +148,8 @@ class DAEDetector(ReconstructionDetector):
                       cosine=True, name=self.name)
 
     def anomaly_map(self, x: Tensor) -> Tensor:
-        z, foreground = self.inputs(x)
+        z, foreground = self.params.inputs(x)
+        z = z * foreground.unsqueeze(1)
         restored = self.net(z.contiguous(memory_format=torch.channels_last))
         amap = residual_map(z, restored, self.params.polarity, self.params.map_channels)
         return amap * foreground

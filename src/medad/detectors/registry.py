@@ -21,6 +21,7 @@ from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.fanogan import FAnoGANDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
 from medad.detectors.igd import IGDDetector
+from medad.detectors.intensity import IntensityDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.padim import PadimDetector
 
@@ -29,7 +30,7 @@ DETECTORS: dict[str, type[Detector]] = {
     for cls in (
         MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector,
         DDADDetector, AutoEncoderDetector, MemAEDetector, AEUDetector, MSSSIMAEDetector,
-        IGDDetector, FAnoGANDetector, DAEDetector,
+        IGDDetector, FAnoGANDetector, DAEDetector, IntensityDetector,
     )
 }
 

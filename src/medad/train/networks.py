@@ -115,10 +115,11 @@ def train_network(
 ) -> list[float]:
     """Adam on ``loss_fn(batch)`` over shuffled mini-batches of ``images`` (moved to the module's
     device batch by batch); returns the mean loss per epoch. With ``cosine`` the learning rate
-    falls from ``lr`` to 0 over the run on a cosine, step by step (Loshchilov & Hutter 2017). A trailing batch of one image is
-    dropped (BatchNorm cannot train on it). Raises ``FloatingPointError`` on a non-finite loss.
-    A progress bar named ``name`` shows epochs and loss on a terminal (see :mod:`medad.progress`).
-    Inside :func:`network_checkpoints` the trained network is saved, or loaded when resuming.
+    falls from ``lr`` to 0 over the run on a cosine, step by step (Loshchilov & Hutter 2017). A
+    trailing batch of one image is dropped (BatchNorm cannot train on it). Raises
+    ``FloatingPointError`` on a non-finite loss. A progress bar named ``name`` shows epochs and loss
+    on a terminal (see :mod:`medad.progress`). Inside :func:`network_checkpoints` the trained
+    network is saved, or loaded when resuming.
     """
     if len(images) < 2:
         raise ValueError(f"training {name} needs at least 2 images, got {len(images)}")
