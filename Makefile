@@ -9,7 +9,7 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 RUN    := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) MPLBACKEND=Agg
 DEMO_DIR ?= runs/demo
 
-.PHONY: env demo test bench bench-pretraining bench-selfsupervised bench-reconstruction clean
+.PHONY: env demo test bench bench-accuracy bench-pretraining bench-selfsupervised bench-reconstruction clean
 
 env: $(STAMP)
 
@@ -30,6 +30,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/contrastive.py
+
+bench-accuracy: $(STAMP)
+	$(RUN) $(BIN)/python benchmarks/accuracy.py --resume
 
 bench-pretraining: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/pretraining.py

@@ -85,3 +85,17 @@ def test_method_none_skips_pretraining():
     untrained = AnomalyDetector(CFG, method="none").fit(normals)  # same seed: the same random encoder
     for a, b in zip(det.encoder_.parameters(), untrained.encoder_.parameters()):
         assert torch.equal(a, b)
+
+
+def test_view_settings_of_the_primary_score_reach_every_embedding_score(tmp_path):
+    normals, _ = make_phantoms(24, 32, seed=0)
+    test, _ = make_phantoms(4, 32, seed=1, lesion=True)
+    det = AnomalyDetector(CFG, method="none", detector="nnd")
+    det.config.detector.params = {"k": 2, "contexts": ["flip"], "tta": 1}
+    det.fit(normals)
+    assert det.detectors_["nnd"].params.k == 2
+    for name in ("mahalanobis", "lh", "cosine"):  # CON2 eq. 16 for every column, not only the primary
+        assert det.detectors_[name].params.contexts == ["flip"] and det.detectors_[name].params.tta == 1
+    again = AnomalyDetector.load(det.save(tmp_path / "m"))
+    for name, out in det.score_all(test).items():
+        assert torch.allclose(again.score_all(test)[name].scores, out.scores)

@@ -87,3 +87,14 @@ def test_saved_dae_gives_the_same_maps(trained, phantoms) -> None:
     again = build_detector("dae", trained.params.model_dump())
     again.load_state_dict(trained.state_dict())
     np.testing.assert_allclose(again.score(lesions, None).maps, trained.score(lesions, None).maps, atol=1e-6)
+
+
+def test_intensity_detector_is_the_standardised_image_with_its_polarity(phantoms) -> None:
+    _, lesions, _ = phantoms
+    z = standardize(lesions, foreground_mask(lesions, 0.1))[:, 0]
+    for polarity, expected in (("signed", z), ("bright", z.clamp_min(0)), ("abs", z.abs())):
+        out = build_detector("intensity", {"polarity": polarity}).fit(lesions, None).score(lesions, None)
+        assert torch.allclose(out.maps, expected, atol=1e-5)
+        assert torch.allclose(out.scores, expected.flatten(1).amax(1).double(), atol=1e-5)
+    with pytest.raises(ValueError, match="map_channels"):
+        build_detector("intensity", {"map_channels": [1]}).fit(lesions, None)

@@ -30,6 +30,7 @@ from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocess import normalize_intensity
 from medad.detectors.base import DetectorOutput
+from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
 from medad.evaluation.metrics import quantile_threshold
@@ -47,6 +48,25 @@ log = logging.getLogger("medad")
 
 Images = Union[ImageSet, Tensor, np.ndarray, str, Path]
 MODEL_FORMAT = 1
+
+
+def score_params(config: RunConfig, name: str) -> dict[str, Any]:
+    """The params of score ``name``: ``detector.params`` for the primary detector; for the scores
+    reported beside it, the view settings they share with it (``tta``, ``tta_seed``, ``contexts``,
+    ``batch_size`` of :class:`~medad.detectors.embedding.EmbeddingParams`), so that e.g. CON2's
+    S_NND, S_LH and Mahalanobis columns all score both contexts with the same TTA (CON2 eq. 16).
+
+    >>> cfg = RunConfig.model_validate({"detector": {"name": "nnd", "params": {"k": 3, "contexts": ["flip"]}}})
+    >>> score_params(cfg, "nnd"), score_params(cfg, "lh")
+    ({'k': 3, 'contexts': ['flip']}, {'contexts': ['flip']})
+    """
+    params = config.detector.params
+    if name == config.detector.name:
+        return dict(params)
+    if not issubclass(detector_class(name), EmbeddingDetector):
+        return {}
+    shared = set(EmbeddingParams.model_fields)
+    return {k: v for k, v in params.items() if k in shared}
 
 
 class NotFittedError(RuntimeError):
@@ -203,8 +223,7 @@ class AnomalyDetector:
         self.detectors_ = nn.ModuleDict()
         with progress_enabled(cfg.train.progress):
             for name in self.score_names():
-                params = cfg.detector.params if name == self.primary else {}
-                detector = build_detector(name, params).to(self.device)
+                detector = build_detector(name, score_params(cfg, name)).to(self.device)
                 self.detectors_[name] = detector.fit(train, self.encoder_, cache, unlabeled=pool).eval()
         self.n_train_ = len(train)
 
@@ -301,6 +320,7 @@ class AnomalyDetector:
                 "resize": "square, bilinear with antialias",
             },
             "scores": list(self.detectors_),
+            "score_params": {name: det.params.model_dump(mode="json") for name, det in self.detectors_.items()},
             "primary": self.primary,
             "threshold": self.threshold_,
             "threshold_rule": self.threshold_rule_,
@@ -333,8 +353,10 @@ class AnomalyDetector:
         encoder.load_state_dict(state["encoder"])
         model.encoder_ = encoder.to(model.device).eval()
         for name in meta["scores"]:
-            params = config.detector.params if name == meta["primary"] else {}
-            detector = build_detector(name, params)
+            # models saved before score_params was recorded gave params to the primary score only
+            saved = meta.get("score_params", {}).get(name)
+            primary_only = config.detector.params if name == meta["primary"] else {}
+            detector = build_detector(name, primary_only if saved is None else saved)
             detector.load_state_dict(state["detectors"][name])
             model.detectors_[name] = detector.to(model.device).eval()
         model.threshold_ = meta["threshold"]
