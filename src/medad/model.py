@@ -197,6 +197,8 @@ class AnomalyDetector:
             sensitivity=SensitivityScore(train, val, cfg.train.sensitivity_holdout, seed=cfg.train.seed)
             if can_score else None,
         ) if pretrain else []
+        if not method.trains:
+            method.calibrate(train.to(self.device))
         self.encoder_ = method.encoder.to(self.device).eval()
         # detectors' own networks are saved beside the pre-training checkpoint, and resumed
         networks = nullcontext() if checkpoint_path is None else network_checkpoints(

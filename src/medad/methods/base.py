@@ -42,6 +42,14 @@ class PretrainMethod(nn.Module, ABC):
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised."""
 
+    def calibrate(self, images: Tensor) -> None:
+        """Called instead of training for a method that does not train (``trains`` False), with
+        the training normals; e.g. ``none`` can re-estimate the encoder's BatchNorm statistics."""
+
+    def on_train_start(self, total_steps: int) -> None:
+        """Called by the training loop once before training (also when resuming) with the number
+        of optimiser steps of the whole run, for schedules that depend on the run's length."""
+
     def on_train_step(self, progress: float) -> None:
         """Called by the training loop before every step with the share of training done (0 → 1),
         for schedules that live in the method (e.g. a loss weight or a teacher temperature)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,18 @@ def entropies(logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     p = F.softmax(logits.flatten(0, -2) / temperature, dim=-1)
     mean = p.mean(0)
     return -torch.xlogy(p, p).sum(-1).mean(), -torch.xlogy(mean, mean).sum()
+
+
+def auto_momentum(total_steps: int, forget: float = 5.0, ceiling: float = 0.996, floor: float = 0.9) -> float:
+    """Starting EMA momentum m₀ for a run of ``total_steps``: with m rising from m₀ to 1 on DINO's
+    cosine, the teacher keeps ∏ m_t ≈ exp(−Σ(1 − m_t)) = exp(−(1 − m₀) S / 2) of its initial
+    weights; m₀ = 1 − 2·``forget``/S leaves exp(−5) < 1 % of them, capped at DINO's 0.996 (which
+    long runs keep: S = 125k ImageNet steps) and floored at 0.9 for very short runs.
+
+    >>> auto_momentum(180), auto_momentum(125_000), auto_momentum(20)
+    (0.9444444444444444, 0.996, 0.9)
+    """
+    return min(ceiling, max(floor, 1.0 - 2.0 * forget / max(total_steps, 1)))
 
 
 def cosine_momentum(start: float, progress: float) -> float:
@@ -195,7 +207,10 @@ class DinoNegParams(MethodParams):
     teacher_temp_start: float = Field(0.04, gt=0, description="τ_t at the start, linear in training progress")
     teacher_temp_end: float = Field(0.01, gt=0, description="τ_t at the end of training")
     centre_momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the teacher centre c")
-    teacher_momentum: float = Field(0.996, ge=0, le=1, description="EMA momentum m of eq. (2) at the start; → 1")
+    teacher_momentum: float | Literal["auto"] = Field(
+        "auto", description="EMA momentum m of eq. (2) at the start (→ 1 on a cosine); auto: DINO's 0.996, "
+        "lowered for short runs so that the teacher keeps < 1 % of its random initial weights"
+    )
     n_local: int = Field(4, ge=0, description="local views per image for L_pos (the paper: 8)")
     n_local_negatives: int = Field(4, ge=0, description="local views per negative, beside one global (paper: 8)")
     global_scale: tuple[float, float] = Field((0.4, 1.0), description="area share of global crops")
@@ -264,14 +279,20 @@ class DinoNegMethod(PretrainMethod):
             hflip_p=0.5 if p.hflip else 0.0, brightness=p.brightness, contrast=p.contrast,
         )
         self.teacher_temp = p.teacher_temp_start
-        self.momentum = p.teacher_momentum
+        self.start_momentum = 0.996 if p.teacher_momentum == "auto" else p.teacher_momentum
+        self.momentum = self.start_momentum
         self._aux: Tensor | None = None
+
+    def on_train_start(self, total_steps: int) -> None:
+        """m₀ from the run's length when ``teacher_momentum`` is auto (:func:`auto_momentum`)."""
+        if self.params.teacher_momentum == "auto":
+            self.start_momentum = auto_momentum(total_steps)
 
     def on_train_step(self, progress: float) -> None:
         """τ_t linear from ``teacher_temp_start`` to ``teacher_temp_end``; m on DINO's cosine to 1."""
         p = self.params
         self.teacher_temp = p.teacher_temp_start + (p.teacher_temp_end - p.teacher_temp_start) * progress
-        self.momentum = cosine_momentum(p.teacher_momentum, progress)
+        self.momentum = cosine_momentum(self.start_momentum, progress)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -1,0 +1,36 @@
+"""Method ``none``: nothing is trained; with ``batchnorm: reestimate`` the BatchNorm statistics are
+those of the training normals (the honest untrained floor of the benchmarks)."""
+
+from __future__ import annotations
+
+import torch
+
+from medad import AnomalyDetector
+from medad.config import RunConfig
+from medad.data.synthetic import make_phantoms
+from medad.methods.none import reestimate_batchnorm
+from medad.models.resnet import ResNetEncoder
+
+
+def test_reestimated_statistics_are_the_averages_over_the_images() -> None:
+    torch.manual_seed(0)
+    encoder = ResNetEncoder(1, width=4, stem="cifar").eval()
+    images = torch.rand(12, 1, 16, 16) * 0.5 + 0.3
+    weights = [p.clone() for p in encoder.parameters()]
+    reestimate_batchnorm(encoder, images, batch_size=4)
+    with torch.no_grad():
+        first = encoder.conv1(images)  # what the first BatchNorm sees
+    assert torch.allclose(encoder.bn1.running_mean, first.mean((0, 2, 3)), atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(weights, encoder.parameters()))
+    assert not encoder.training and encoder.bn1.momentum == 0.1
+
+
+def test_fit_with_method_none_reestimates_only_when_asked() -> None:
+    normals, _ = make_phantoms(16, 32, seed=0)
+    base = {"data": {"image_size": 32}, "encoder": {"width": 4}, "train": {"progress": False},
+            "method": {"name": "none"}, "detector": {"name": "mahalanobis"}}
+    init = AnomalyDetector(RunConfig.model_validate(base)).fit(normals)
+    assert torch.equal(init.encoder_.bn1.running_mean, torch.zeros(4))
+    base["method"]["params"] = {"batchnorm": "reestimate"}
+    fitted = AnomalyDetector(RunConfig.model_validate(base)).fit(normals)
+    assert fitted.encoder_.bn1.running_mean.abs().sum() > 0
