@@ -98,3 +98,13 @@ def test_intensity_detector_is_the_standardised_image_with_its_polarity(phantoms
         assert torch.allclose(out.scores, expected.flatten(1).amax(1).double(), atol=1e-5)
     with pytest.raises(ValueError, match="map_channels"):
         build_detector("intensity", {"map_channels": [1]}).fit(lesions, None)
+
+
+def test_work_size_trains_small_and_maps_at_the_input_size(phantoms) -> None:
+    normals, lesions, _ = phantoms
+    det = DAEDetector(epochs=1, batch_size=16, widths=(4, 8), noise_res=4, work_size=16).fit(normals, None)
+    out = det.score(lesions, None)
+    assert out.maps.shape == (len(lesions), 32, 32)
+    assert (out.maps[~foreground_mask(lesions, 0.1)] == 0).all()
+    with pytest.raises(ValueError, match="work_size"):
+        DAEDetector(epochs=1, widths=(4, 8, 16), work_size=18).fit(normals, None)

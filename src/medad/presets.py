@@ -36,10 +36,11 @@ PRESETS: dict[str, Preset] = {
         "axial brain MRI slices, FLAIR (channel 1 of pre-contrast/FLAIR/post-contrast, or grey FLAIR): "
         "denoising U-Net with coarse noise, hyperintense residual inside the eroded head mask",
         {
-            "data": {"image_size": 64, "channels": 3},
+            "data": {"image_size": 128, "channels": 3},
             "method": {"name": "none"},
-            "detector": {"name": "dae", "params": {"polarity": "bright", "map_channels": [1], "epochs": 40}},
-            "maps": {"foreground": 0.1, "erode": 24.0, "smooth": 12.0},
+            "detector": {"name": "dae", "params": {"polarity": "bright", "map_channels": [1], "epochs": 40,
+                                                   "noise_std": 0.4, "work_size": 64}},
+            "maps": {"foreground": 0.1, "erode": 24.0, "smooth": 8.0},
             "evaluation": {"pixel_threshold_quantile": 0.999},
         },
     ),
