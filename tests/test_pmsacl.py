@@ -200,3 +200,22 @@ def test_builds_through_the_registry_with_validated_params() -> None:
     for bad in ({"num_classes": 1}, {"lesion_size_min": 0.3, "lesion_size_max": 0.2}, {"view": "patch"}, {"tau": 1}):
         with pytest.raises(ValidationError):
             build_method(MethodConfig(name="pmsacl", params=bad), encoder)
+
+
+def test_training_loop_sets_centres_over_the_whole_training_set_once() -> None:
+    method = _method(num_classes=2)
+    images = torch.rand(10, 1, 32, 32)
+    method.on_train_start(total_steps=5, images=images)
+    assert bool(method.centres_ready)
+    centres = method.centres.clone()
+    running = method.encoder.bn1.running_mean.clone()
+    method.on_train_start(total_steps=5, images=torch.rand(10, 1, 32, 32))  # resumed: kept
+    assert torch.equal(method.centres, centres)
+    assert torch.equal(method.encoder.bn1.running_mean, running)  # BatchNorm running stats untouched
+
+
+def test_position_task_only_in_the_local_model_by_default() -> None:
+    images = torch.rand(4, 1, 64, 64)
+    assert _method().training_loss(images)["loss_pos"] == 0
+    assert _method(view="local").training_loss(images)["loss_pos"] > 0
+    assert _method(weight_pos=1.0).training_loss(images)["loss_pos"] > 0

@@ -46,9 +46,10 @@ class PretrainMethod(nn.Module, ABC):
         """Called instead of training for a method that does not train (``trains`` False), with
         the training normals; e.g. ``none`` can re-estimate the encoder's BatchNorm statistics."""
 
-    def on_train_start(self, total_steps: int) -> None:
-        """Called by the training loop once before training (also when resuming) with the number
-        of optimiser steps of the whole run, for schedules that depend on the run's length."""
+    def on_train_start(self, total_steps: int, images: Tensor) -> None:
+        """Called by the training loop once before training (also when resuming, after the state
+        is loaded) with the number of optimiser steps of the whole run and the training images
+        (CPU), for schedules that depend on the run's length or statistics of the training set."""
 
     def on_train_step(self, progress: float) -> None:
         """Called by the training loop before every step with the share of training done (0 → 1),

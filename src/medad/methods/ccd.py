@@ -90,7 +90,10 @@ class CCDParams(ContrastiveParams):
     )
     weight_con: float = Field(1.0, ge=0, description="weight of the contrastive distribution loss, eq. (2)")
     weight_cla: float = Field(1.0, ge=0, description="weight of the strong-augmentation classification, eq. (3)")
-    weight_pos: float = Field(1.0, ge=0, description="weight of the patch-position loss, eq. (4)")
+    weight_pos: float | None = Field(
+        None, ge=0, description="weight of the patch-position loss, eq. (4); None = 1 for view=local, 0 for the "
+        "global model (CCD Fig. 1: the position task belongs to the local branch)"
+    )
     patch_size: int | None = Field(None, ge=1, description="ℓ_pos patch side; None = a quarter of the image side")
     jitter: int | None = Field(None, ge=0, description="ℓ_pos jitter in px; None = patch/4, reduced to fit")
     view: Literal["global", "local"] = Field("global", description="train on whole images or on local crops")
@@ -139,9 +142,14 @@ class CCDMethod(ContrastiveMethod):
         z = self.head(features)
         loss_con = nt_xent(z[:m], z[m:], p.temperature)
         loss_cla, accuracy_cla = shift_classification_loss(self.shift_classifier(features), class_ids.repeat(2))
-        patch_size, jitter = patch_geometry(min(x.shape[-2:]), p.patch_size, p.jitter)
-        loss_pos, accuracy_pos = patch_position_loss(self.encoder, self.position_head, x, patch_size, jitter)
-        loss = p.weight_con * loss_con + p.weight_cla * loss_cla + p.weight_pos * loss_pos
+        loss = p.weight_con * loss_con + p.weight_cla * loss_cla
+        weight_pos = p.weight_pos if p.weight_pos is not None else float(p.view == "local")
+        if weight_pos > 0:
+            patch_size, jitter = patch_geometry(min(x.shape[-2:]), p.patch_size, p.jitter)
+            loss_pos, accuracy_pos = patch_position_loss(self.encoder, self.position_head, x, patch_size, jitter)
+            loss = loss + weight_pos * loss_pos
+        else:
+            loss_pos = accuracy_pos = torch.zeros((), device=x.device)
         return {
             "loss": loss,
             "loss_con": loss_con.detach(),

@@ -283,7 +283,7 @@ class DinoNegMethod(PretrainMethod):
         self.momentum = self.start_momentum
         self._aux: Tensor | None = None
 
-    def on_train_start(self, total_steps: int) -> None:
+    def on_train_start(self, total_steps: int, images: Tensor) -> None:
         """m₀ from the run's length when ``teacher_momentum`` is auto (:func:`auto_momentum`)."""
         if self.params.teacher_momentum == "auto":
             self.start_momentum = auto_momentum(total_steps)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from medad.augment.medmix import MedMix, lesion_classes, save_medmix_grid
 from medad.methods.base import MethodParams
 from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams
-from medad.methods.pretext import PatchPositionHead, patch_position_loss, random_crops
+from medad.methods.pretext import PatchPositionHead, frozen_running_stats, patch_position_loss, random_crops
 
 
 def class_centres(z: Tensor, classes: Tensor, num_classes: int) -> Tensor:
@@ -111,7 +111,10 @@ class PMSACLParams(ContrastiveParams):
     weight_ctr: float = Field(1.0, ge=0, description="weight of ℓ_ctr, eq. (3)")
     weight_pmsacl: float = Field(1.0, ge=0, description="weight of ℓ_PMSACL, eqs. (4)-(7)")
     weight_aug: float = Field(1.0, ge=0, description="weight of ℓ_aug, eq. (8)")
-    weight_pos: float = Field(1.0, ge=0, description="weight of ℓ_pos, eq. (9)")
+    weight_pos: float | None = Field(
+        None, ge=0, description="weight of ℓ_pos, eq. (9); None = 1 for view=local, 0 for the global model "
+        "(PMSACL §4.2, CCD Fig. 1: the position task fine-tunes the local model only)"
+    )
 
     @model_validator(mode="after")
     def _lesion_range(self) -> PMSACLParams:
@@ -123,12 +126,13 @@ class PMSACLParams(ContrastiveParams):
 class PMSACLMethod(ContrastiveMethod):
     """Encoder + projection head, class centres, ℓ_aug head and patch-position head.
 
-    The class centres (eq. 2) are buffers set once, on the first :meth:`training_loss` call in
-    training mode, from that batch: every image is given every class once (K x N MedMix images,
-    one weak view each, encoded as one batch so BatchNorm sees all classes together, no gradient).
-    The paper computes them over the training set with the untrained encoder and then freezes
-    them; one batch at initialisation is the practical equivalent inside a batch-wise loop. They
-    are saved in ``state_dict`` with the flag ``centres_ready``, so a resumed run keeps them.
+    The class centres (eq. 2) are buffers set once, before training, over the whole training set
+    with the untrained encoder, and then frozen, as in the paper (:meth:`on_train_start`): every
+    image is given every class once (K x N MedMix images, one weak view each, encoded in batches
+    that hold all classes, no gradient, BatchNorm on batch statistics without touching its running
+    ones). A method used outside the training loop sets them from its first training batch
+    instead. They are saved in ``state_dict`` with the flag ``centres_ready``, so a resumed run
+    keeps them.
 
     >>> from medad.models.resnet import ResNetEncoder
     >>> m = PMSACLMethod(ResNetEncoder(1, width=8, stem="cifar"), num_classes=3)
@@ -166,14 +170,37 @@ class PMSACLMethod(ContrastiveMethod):
         return h, self.head(h)
 
     @torch.no_grad()
-    def init_centres(self, images: Tensor) -> None:
-        """Set the frozen class centres c_n (eq. 2) from every class of MedMix applied to ``images``."""
-        k, n = self.params.num_classes, len(images)
-        classes = torch.arange(k).repeat_interleave(n)
-        strong = torch.cat([self.medmix(images, torch.full((n,), c))[0] for c in range(k)])
-        _, z = self.project(strong)
-        self.centres.copy_(class_centres(z, classes.to(z.device), k))
+    def init_centres(self, images: Tensor, batch_size: int = 64) -> None:
+        """Set the frozen class centres c_n (eq. 2): the mean projection of every class of MedMix
+        applied to every one of ``images``, in batches of ``batch_size`` images (x K classes)."""
+        k = self.params.num_classes
+        device = self.centres.device
+        sums = torch.zeros_like(self.centres, dtype=torch.float64)
+        count = 0
+        with frozen_running_stats(self.encoder), frozen_running_stats(self.head):
+            for batch in images.split(batch_size):
+                if len(batch) < 2:
+                    continue
+                batch = self._view(batch.to(device))
+                n = len(batch)
+                strong = torch.cat([self.medmix(batch, torch.full((n,), c))[0] for c in range(k)])
+                _, z = self.project(strong)
+                sums += z.view(k, n, -1).sum(1).double()
+                count += n
+        self.centres.copy_((sums / max(count, 1)).to(self.centres.dtype))
         self.centres_ready.fill_(True)
+
+    def on_train_start(self, total_steps: int, images: Tensor) -> None:
+        """The class centres over the whole training set, unless already set (a resumed run)."""
+        if not bool(self.centres_ready):
+            was_training = self.training
+            self.train()
+            self.init_centres(images)
+            self.train(was_training)
+
+    def _view(self, images: Tensor) -> Tensor:
+        """The images the losses see: as given, or one random local crop each (``view="local"``)."""
+        return images if self.params.view == "global" else random_crops(images, self.params.local_patch_size)
 
     def pos_patch(self, images: Tensor) -> tuple[int, int]:
         """Patch side and jitter of ℓ_pos for ``images`` (the parameters, else a 3x3 layout that fits)."""
@@ -190,14 +217,14 @@ class PMSACLMethod(ContrastiveMethod):
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
         p = self.params
-        x = images if p.view == "global" else random_crops(images, p.local_patch_size)
+        x = self._view(images)
         n = len(x)
         if n < 2:
             raise ValueError(f"PMSACL training needs batches of at least 2 images, got {n}")
         if not bool(self.centres_ready):
             if not self.training:
                 raise RuntimeError("PMSACL class centres are not set: call training_loss in training mode first")
-            self.init_centres(x)
+            self.init_centres(images)
         classes = lesion_classes(n, p.num_classes).to(x.device)
         strong, _ = self.medmix(x, classes)
         h, z = self.project(torch.cat([strong, strong]))
@@ -206,8 +233,13 @@ class PMSACLMethod(ContrastiveMethod):
         con = pmsacl_loss(z[:n], z[n:], classes, self.centres, p.temperature, p.alpha)
         logits = self.aug_head(h)
         aug = F.cross_entropy(logits, labels)
-        pos, accuracy_pos = patch_position_loss(self.encoder, self.pos_head, images, *self.pos_patch(images))
-        loss = p.weight_ctr * ctr + p.weight_pmsacl * con + p.weight_aug * aug + p.weight_pos * pos
+        weight_pos = p.weight_pos if p.weight_pos is not None else float(p.view == "local")
+        loss = p.weight_ctr * ctr + p.weight_pmsacl * con + p.weight_aug * aug
+        if weight_pos > 0:
+            pos, accuracy_pos = patch_position_loss(self.encoder, self.pos_head, images, *self.pos_patch(images))
+            loss = loss + weight_pos * pos
+        else:
+            pos = accuracy_pos = torch.zeros((), device=x.device)
         with torch.no_grad():
             accuracy_aug = (logits.argmax(dim=1) == labels).float().mean()
         return {

@@ -181,7 +181,7 @@ def train_method(
             save_checkpoint(ckpt.with_name("best.pt"), {"method": state}, {"epoch": epoch, "sensitivity": value})
 
     batch_size = min(cfg.batch_size, len(train_images))
-    method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)))
+    method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
     with progress_bar(cfg.progress) as progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
             batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch)
