@@ -10,8 +10,11 @@ One fixed suite (issue 11). For each dataset it prints one table whose rows are
   preset's map post-processing (hyperintense part only, eroded head mask, its blur and pixel
   threshold) — the prior alone, so that the preset's row shows what its learned part adds;
 * **presets** (``medad train --preset NAME``), 3 seeds, mean ± std;
-* **seed methods** (contrastive, CCD, PMSACL, CON2, DINO with negatives) at their best setting
-  within the budget, and the untrained encoder as their floor, 1 seed.
+* **seed methods** (contrastive, CCD, PMSACL, CON2, DINO with negatives), 1 seed, each with the
+  score its paper uses (Mahalanobis, PaDiM, PaDiM, S_NND, temperature-weighted cosine) and the
+  embedding scores beside it ("features": Mahalanobis / S_NND / S_LH), at 64 px with ResNet-18
+  width 32; and the untrained encoder as their floor, with its BatchNorm statistics as initialised
+  and re-estimated on the training normals (issue 14).
 
 Columns: image AUROC and AP of the primary score; on LGG also the AUROC on position-matched test
 normals (brain_frac ≥ 0.3, see ``lgg_position.py``), pixel AUROC, PRO, Dice and IoU at the
@@ -99,10 +102,36 @@ ROWS: dict[str, Row] = {
     "breast-ultrasound": Row("preset", ("breastmnist",), preset="breast-ultrasound", seeds=(0, 1, 2)),
     "generic": Row("preset", tuple(DATASETS), preset="generic", seeds=(0, 1, 2)),
 }
+
+
+def _method(name: str, detector: str, epochs: int, params: dict | None = None, detector_params: dict | None = None,
+            train: dict | None = None) -> Row:
+    """A seed method on every dataset at 64 px (ResNet-18 width 32, batch 64): its own primary score
+    (the one its paper scores with) and the embedding scores beside it."""
+    return Row("method", tuple(DATASETS), {
+        "data": {"image_size": 64}, "encoder": {"width": 32},
+        "method": {"name": name, "params": params or {}},
+        "detector": {"name": detector, "params": detector_params or {}},
+        "train": {"epochs": epochs, "batch_size": 64, **(train or {})},
+    })
+
+
+METHOD_ROWS: dict[str, Row] = {
+    "untrained encoder": _method("none", "mahalanobis", 0),
+    "untrained, BatchNorm re-estimated": _method("none", "mahalanobis", 0, {"batchnorm": "reestimate"}),
+    "contrastive + Mahalanobis": _method("contrastive", "mahalanobis", 30),
+    "CCD + PaDiM": _method("ccd", "padim", 15),
+    "PMSACL + PaDiM": _method("pmsacl", "padim", 15, {"alpha": 2.0}),
+    "CON2 (invert) + S_NND": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
+                                     {"optimizer": "adamw", "weight_decay": 0.001}),
+    "DINO + negatives + cosine": _method("dino_neg", "cosine", 30, train={"optimizer": "adamw", "lr": 2.5e-4}),
+}
+ROWS.update(METHOD_ROWS)
+FEATURE_SCORES = ("mahalanobis", "nnd", "lh")
 COLUMNS = {
-    "lgg": ("image_auroc", "posmatched_auroc", "image_ap", *PIXEL_KEYS, "seconds"),
-    "pneumoniamnist": ("image_auroc", "image_ap", "seconds"),
-    "breastmnist": ("image_auroc", "image_ap", "seconds"),
+    "lgg": ("image_auroc", "posmatched_auroc", "image_ap", *PIXEL_KEYS, "features", "seconds"),
+    "pneumoniamnist": ("image_auroc", "image_ap", "features", "seconds"),
+    "breastmnist": ("image_auroc", "image_ap", "features", "seconds"),
 }
 
 
@@ -184,6 +213,7 @@ def run_pipeline(name: str, row: Row, dataset: str, seed: int, out: Path) -> dic
     t0 = time.perf_counter()
     metrics = train_run(run_config(row, dataset, seed), folder, overwrite=True)
     result = {k: metrics.get(k) for k in ("image_auroc", "image_ap", *PIXEL_KEYS)}
+    result["scores"] = {name: v["image_auroc"] for name, v in metrics.get("scores", {}).items()}
     result["image_size"] = metrics["image_size"]
     result["seconds"] = time.perf_counter() - t0
     if dataset == "lgg":
@@ -192,6 +222,16 @@ def run_pipeline(name: str, row: Row, dataset: str, seed: int, out: Path) -> dic
 
 
 # -- table ----------------------------------------------------------------------------------------
+def features(runs: list[dict]) -> str:
+    """Image AUROC of the embedding scores reported beside the primary one (Mahalanobis / S_NND /
+    S_LH), mean over seeds; ``-`` for detectors without them."""
+    cells = []
+    for name in FEATURE_SCORES:
+        values = [r["scores"][name] for r in runs if name in r.get("scores", {})]
+        cells.append(f"{np.mean(values):.3f}" if values else "-")
+    return "-" if all(c == "-" for c in cells) else " / ".join(cells)
+
+
 def print_tables(rows: list[dict]) -> None:
     for dataset, columns in COLUMNS.items():
         group = [r for r in rows if r["dataset"] == dataset]
@@ -204,7 +244,8 @@ def print_tables(rows: list[dict]) -> None:
             runs = [r for r in group if r["row"] == name]
             if not runs:
                 continue
-            cells = [mean_std([r[c] for r in runs if r.get(c) is not None]) for c in columns]
+            cells = [features(runs) if c == "features" else mean_std([r[c] for r in runs if r.get(c) is not None])
+                     for c in columns]
             cells = [c if col != "seconds" or c == "-" else f"{float(c.split()[0]):.0f}"
                      for c, col in zip(cells, columns)]
             size = runs[0].get("image_size", DATASETS[dataset].image_size)

@@ -27,6 +27,14 @@ def test_foreground_fills_holes_and_ignores_black_background() -> None:
                                               + torch.linspace(-1, 1, 64).pow(2).view(-1, 1) <= 0.09).sum())
 
 
+def test_foreground_on_chosen_channels_and_a_clear_error_for_missing_ones() -> None:
+    x = torch.cat([_ring(32), torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32)], dim=1)
+    assert foreground_mask(x, 0.1, channels=[0]).sum() < foreground_mask(x, 0.1).sum()
+    assert not foreground_mask(x, 0.1, channels=[1]).any()
+    with pytest.raises(ValueError, match="channels \\[3\\] do not exist"):
+        foreground_mask(x, 0.1, channels=[3])
+
+
 def test_foreground_threshold_is_relative_to_each_image() -> None:
     x = _ring(32)
     assert torch.equal(foreground_mask(x * 0.05, 0.1), foreground_mask(x, 0.1))  # a dim 16-bit scan

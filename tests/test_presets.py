@@ -76,7 +76,8 @@ def test_cli_list_shows_presets_and_train_uses_one(tmp_path) -> None:
     result = runner.invoke(app, ["train", "--preset", "brain-mri", "--data", str(data), "--out", str(run),
                                  "--image-size", "32", "--channels", "1", "--no-progress",
                                  "--set", "detector.params.epochs=1", "--set", "detector.params.widths=[4,8]",
-                                 "--set", "detector.params.map_channels=null"])
+                                 "--set", "detector.params.map_channels=null",
+                                 "--set", "maps.foreground_channels=null"])
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["preset"] == "brain-mri" and saved["data"]["image_size"] == 32

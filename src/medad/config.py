@@ -92,6 +92,9 @@ class MapConfig(_Strict):
         None, ge=0, lt=1, description="zero the map outside each image's foreground (pixels above this fraction "
         "of its 99th percentile, holes filled); None = keep the whole map"
     )
+    foreground_channels: list[int] | None = Field(
+        None, description="channels the foreground is found on (their brightest); None = all"
+    )
     erode: float = Field(0.0, ge=0, description="erode the foreground by this radius (px at 256 px), e.g. "
                          "to drop the scalp of head MRI")
     smooth: float = Field(0.0, ge=0, description="Gaussian blur of the map, sigma in px at 256 px (0 = none)")

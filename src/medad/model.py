@@ -261,7 +261,7 @@ class AnomalyDetector:
             for name, out in outputs.items():
                 if out.maps is not None:
                     maps = postprocess_maps(x, out.maps, foreground=post.foreground, erode=post.erode,
-                                            smooth=post.smooth)
+                                            smooth=post.smooth, channels=post.foreground_channels)
                     reduction = post.reduction or self.detectors_[name].params.reduction
                     outputs[name] = DetectorOutput(scores=reduce_maps(maps, reduction), maps=maps)
         return outputs

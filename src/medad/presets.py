@@ -40,7 +40,7 @@ PRESETS: dict[str, Preset] = {
             "method": {"name": "none"},
             "detector": {"name": "dae", "params": {"polarity": "bright", "map_channels": [1], "epochs": 40,
                                                    "noise_std": 0.4, "work_size": 64}},
-            "maps": {"foreground": 0.1, "erode": 24.0, "smooth": 8.0},
+            "maps": {"foreground": 0.1, "foreground_channels": [1], "erode": 24.0, "smooth": 8.0},
             "evaluation": {"pixel_threshold_quantile": 0.999},
         },
     ),

@@ -59,6 +59,10 @@ class ResidualMapFields(BaseModel):
     )
     map_channels: list[int] | None = Field(None, description="channels averaged into the map (None = all)")
 
+    def foreground_of(self, x: Tensor) -> Tensor:
+        """The foreground ``[N, H, W]`` on the channels the map reads."""
+        return foreground_mask(x, self.foreground, channels=self.map_channels)
+
     def check_channels(self, channels: int, name: str) -> None:
         bad = [c for c in self.map_channels or [] if not 0 <= c < channels]
         if bad:
@@ -66,8 +70,8 @@ class ResidualMapFields(BaseModel):
 
     def inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The images standardised (when ``standardize``; every pixel, with the foreground's μ and σ)
-        and their foreground ``[N, H, W]``."""
-        foreground = foreground_mask(x, self.foreground)
+        and their foreground ``[N, H, W]``, found on ``map_channels`` (all when None)."""
+        foreground = self.foreground_of(x)
         return (standardize(x, foreground) if self.standardize else x), foreground
 
 
@@ -169,5 +173,5 @@ class DAEDetector(ReconstructionDetector):
         amap = residual_map(z, restored, p.polarity, p.map_channels) * foreground
         if amap.shape[-2:] != x.shape[-2:]:
             amap = F.interpolate(amap.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            amap = amap * foreground_mask(x, p.foreground).to(amap.dtype)
+            amap = amap * p.foreground_of(x).to(amap.dtype)
         return amap

@@ -67,16 +67,21 @@ def smooth_maps(maps: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
     return out.squeeze(1)
 
 
-def foreground_mask(images: Tensor, threshold: float = 0.1, erode: float = 0.0) -> Tensor:
+def foreground_mask(
+    images: Tensor, threshold: float = 0.1, erode: float = 0.0, channels: list[int] | None = None
+) -> Tensor:
     """Boolean foreground ``[N, H, W]`` of images ``[N, C, H, W]`` (see the module docstring).
 
-    ``threshold`` is a fraction of each image's 99th percentile of its brightest channel;
-    ``erode`` the erosion radius in px at 256 px (0 = none). An image with no pixel above the
-    threshold (all black) keeps an empty mask.
+    ``threshold`` is a fraction of each image's 99th percentile of its brightest channel among
+    ``channels`` (default: all); ``erode`` the erosion radius in px at 256 px (0 = none). An image
+    with no pixel above the threshold (all black) keeps an empty mask.
     """
     if images.ndim != 4:
         raise ValueError(f"expected images [N, C, H, W], got shape {tuple(images.shape)}")
-    bright = images.detach().amax(1).float().cpu()
+    bad = [c for c in channels or [] if not 0 <= c < images.shape[1]]
+    if bad:
+        raise ValueError(f"foreground channels {bad} do not exist in {images.shape[1]}-channel images")
+    bright = (images if channels is None else images[:, channels]).detach().amax(1).float().cpu()
     level = torch.quantile(bright.flatten(1), 0.99, dim=1).view(-1, 1, 1) * threshold
     above = (bright > level).numpy()
     radius = int(round(scaled(erode, images.shape[-1])))
@@ -96,10 +101,12 @@ def reduce_maps(maps: Tensor, reduction: Reduction) -> Tensor:
 
 
 def postprocess_maps(
-    images: Tensor, maps: Tensor, *, foreground: float | None = None, erode: float = 0.0, smooth: float = 0.0
+    images: Tensor, maps: Tensor, *, foreground: float | None = None, erode: float = 0.0, smooth: float = 0.0,
+    channels: list[int] | None = None,
 ) -> Tensor:
     """``maps [N, H, W]`` of ``images [N, C, H, W]`` set to 0 outside the foreground (``foreground``
-    threshold, eroded by ``erode``; None = no mask), then blurred by ``smooth`` (σ, px at 256 px).
+    threshold on ``channels``, eroded by ``erode``; None = no mask), then blurred by ``smooth`` (σ,
+    px at 256 px).
 
     Masking first, then blurring, lets a lesion's evidence spread a little into the eroded rim
     instead of being cut off at it: a tumour at the edge of the brain keeps a graded score. On
@@ -111,7 +118,7 @@ def postprocess_maps(
     16
     """
     if foreground is not None:
-        maps = maps * foreground_mask(images, foreground, erode).to(maps.device, maps.dtype)
+        maps = maps * foreground_mask(images, foreground, erode, channels).to(maps.device, maps.dtype)
     if smooth > 0:
         maps = smooth_maps(maps, tuple(maps.shape[-2:]), smooth)
     return maps
