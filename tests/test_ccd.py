@@ -120,3 +120,19 @@ def test_registry_builds_ccd_and_rejects_bad_params() -> None:
         build_method(MethodConfig(name="ccd", params=bad), enc)
     assert {e["loc"][0] for e in info.value.errors()} == {"strong_augmentations", "view", "patchsize"}
     assert "unknown strong augmentations ['flip']" in str(info.value)
+
+
+def test_one_shift_per_image_keeps_the_batch_size() -> None:
+    seen: list[int] = []
+
+    class Recording(ToyEncoder):
+        def forward(self, x):
+            seen.append(len(x))
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    for shifts, views in (("one", 2 * 8), ("all", 2 * 4 * 8)):  # rotation: K = 4 classes
+        seen.clear()
+        out = CCDMethod(Recording(), shifts=shifts, strong_augmentations=["rotation"]).training_loss(
+            torch.rand(8, 1, 16, 16))
+        assert seen == [views] and torch.isfinite(out["loss"]) and 0 <= out["accuracy_cla"] <= 1

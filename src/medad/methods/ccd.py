@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from medad.augment.medmix import lesion_classes
 from medad.augment.strong import apply_strong, strong_transforms
 from medad.methods.base import MethodParams
 from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams, nt_xent
@@ -96,6 +97,10 @@ class CCDParams(ContrastiveParams):
     )
     patch_size: int | None = Field(None, ge=1, description="ℓ_pos patch side; None = a quarter of the image side")
     jitter: int | None = Field(None, ge=0, description="ℓ_pos jitter in px; None = patch/4, reduced to fit")
+    shifts: Literal["all", "one"] = Field(
+        "all", description="all: every image in every strong version in each batch (CSI, K·N samples); one: one "
+        "random version per image (N samples, as the CCD authors' code draws (image, class) pairs)"
+    )
     view: Literal["global", "local"] = Field("global", description="train on whole images or on local crops")
     local_patch_size: int = Field(32, ge=4, description="crop side for view='local' (the paper: 32)")
 
@@ -137,6 +142,10 @@ class CCDMethod(ContrastiveMethod):
         p = self.params
         x = random_crops(images, p.local_patch_size) if p.view == "local" else images
         shifted, class_ids = apply_strong(random_hflip(x) if p.hflip else x, p.strong_augmentations)
+        if p.shifts == "one":  # one class per image: rows k*N + i of the class-major stack
+            n, k = len(x), len(shifted) // len(x)
+            pick = lesion_classes(n, k).to(x.device) * n + torch.arange(n, device=x.device)
+            shifted, class_ids = shifted[pick], class_ids[pick]
         m = len(shifted)
         features = self.encoder(torch.cat([self.augment(shifted), self.augment(shifted)]))
         z = self.head(features)
