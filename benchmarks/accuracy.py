@@ -121,7 +121,7 @@ METHOD_ROWS: dict[str, Row] = {
     "untrained, BatchNorm re-estimated": _method("none", "mahalanobis", 0, {"batchnorm": "reestimate"}),
     "contrastive + Mahalanobis": _method("contrastive", "mahalanobis", 30),
     "CCD + PaDiM": _method("ccd", "padim", 15),
-    "PMSACL + PaDiM": _method("pmsacl", "padim", 15, {"alpha": 2.0}),
+    "PMSACL + PaDiM": _method("pmsacl", "padim", 15),
     "CON2 (invert) + S_NND": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
                                      {"optimizer": "adamw", "weight_decay": 0.001}),
     "DINO + negatives + cosine": _method("dino_neg", "cosine", 30, train={"optimizer": "adamw", "lr": 2.5e-4}),
