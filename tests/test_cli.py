@@ -100,7 +100,7 @@ def test_ddad_run_reports_its_diagnostics_and_resumes_from_its_saved_networks(tm
     ddad = ["train", *tiny, "--out", str(run), "--method", "none", "--detector", "ddad",
             "--unlabeled", str(data / "test" / "lesion"),
             "--set", 'detector.params={"ensemble": 2, "epochs": 1, "asr_epochs": 1, "batch_size": 4, "latent": 4, '
-                     '"hidden": 8, "asr_width": 4}']
+                     '"hidden": 8, "asr_width": 4, "refine": true}']
     result = runner.invoke(app, ddad)
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())

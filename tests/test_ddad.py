@@ -13,11 +13,19 @@ from medad import AnomalyDetector
 from medad.augment.fpi import foreign_patch_interpolation, patch_masks
 from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
-from medad.detectors.ddad import ensemble_sigma, focal_loss, inter_discrepancy, intra_discrepancy
+from medad.detectors.ddad import (
+    RAW_SIGNAL_FLOOR,
+    DDADDetector,
+    ensemble_sigma,
+    focal_loss,
+    inter_discrepancy,
+    intra_discrepancy,
+)
 from medad.detectors.registry import build_detector
 from medad.models.asr_net import ASRNet
 
-TINY = {"ensemble": 2, "epochs": 1, "asr_epochs": 2, "batch_size": 8, "latent": 4, "hidden": 16, "asr_width": 4}
+TINY = {"ensemble": 2, "epochs": 1, "asr_epochs": 2, "batch_size": 8, "latent": 4, "hidden": 16, "asr_width": 4,
+        "refine": True}
 
 
 # -- pure functions -----------------------------------------------------------------------------
@@ -121,6 +129,41 @@ def test_raw_maps_without_refinement_and_variant_fallback(data, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="medad"):
         det = build_detector("ddad", {**TINY, "variant": "dual", "asr_epochs": 1}).fit(normals, None)
     assert not bool(det.dual) and "falling back to R_intra" in caplog.text
+
+
+@pytest.mark.parametrize("signal", [0.5, 0.9])
+def test_refine_auto_trains_the_asr_net_only_when_the_raw_maps_localise_fpi_anomalies(data, monkeypatch, caplog,
+                                                                                      signal) -> None:
+    normals, pool, test = data
+    checked = []
+
+    def fpi_aurocs(self, images, seed, refined=False):
+        checked.append((len(images), seed, refined))
+        return {"fpi_auroc_intra": signal - 0.1, "fpi_auroc_inter": signal}
+
+    monkeypatch.setattr(DDADDetector, "fpi_aurocs", fpi_aurocs)
+    with caplog.at_level(logging.WARNING, logger="medad"):
+        det = build_detector("ddad", {**TINY, "refine": "auto"}).fit(normals, None, unlabeled=pool)
+    assert checked == [(len(normals), det.params.seed + 3 * det.params.ensemble, False)]
+    refined = signal >= RAW_SIGNAL_FLOOR
+    assert bool(det.refined) == refined and (det.asr is not None) == refined
+    assert det.map_name == ("R_dual" if refined else "A_inter")
+    assert ("ASR-Net would learn the patch prior" in caplog.text) != refined
+    out = det.score(test, None)
+    if not refined:
+        assert torch.allclose(out.maps, det.raw_maps(test)[:, 1])
+    fresh = build_detector("ddad", {**TINY, "refine": "auto"})  # rebuilt with or without the net
+    fresh.load_state_dict(det.state_dict())
+    assert (fresh.asr is not None) == refined and torch.equal(fresh.score(test, None).scores, out.scores)
+    assert build_detector("ddad", {**TINY, "refine": False}).fit(normals, None).asr is None and len(checked) == 1
+
+
+def test_fpi_aurocs_of_a_real_fit_are_seeded_aurocs(data) -> None:
+    normals, pool, _ = data
+    det = build_detector("ddad", {**TINY, "refine": False}).fit(normals, None, unlabeled=pool)
+    found = det.fpi_aurocs(normals, seed=4)
+    assert set(found) == {"fpi_auroc_intra", "fpi_auroc_inter"} and all(0 <= v <= 1 for v in found.values())
+    assert det.fpi_aurocs(normals, seed=4) == found
 
 
 def test_diagnostics_measure_how_the_maps_localise_synthetic_anomalies(data, caplog, monkeypatch) -> None:

@@ -13,7 +13,10 @@ member with its own initialisation and data order:
   interpolation anomalies (``medad.augment.fpi``, eqs. 9-10) of the normal images.
 
 The map is R_dual with a pool and R_intra without one (``variant``); ``refine=False`` reports the
-raw A_inter (dual) or A_intra (intra) instead. The image score is the mean of the map.
+raw A_inter (dual) or A_intra (intra) instead. ``refine="auto"`` (the default) trains the ASR-Net
+only if the raw maps localise FPI anomalies of the training normals (pixel AUROC ≥
+``RAW_SIGNAL_FLOOR``): below it the net learns the patch prior and inverts the raw score
+(docs/detectors/ddad.md). The image score is the mean of the map.
 
 >>> import torch
 >>> recs = torch.stack([torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)])  # K=2 members
@@ -42,7 +45,8 @@ from medad.train.networks import train_network
 log = logging.getLogger("medad")
 
 SIGMA_FLOOR = 1e-6
-RAW_SIGNAL_FLOOR = 0.6  # raw-map FPI pixel AUROC below which the ASR-Net is warned about (diagnostics)
+RAW_SIGNAL_FLOOR = 0.6  # raw-map FPI pixel AUROC below which refine="auto" skips the ASR-Net
+FPI_CHECK_IMAGES = 512  # normals the FPI check (refine="auto", diagnostics) reads at most
 
 
 # -- pure math ----------------------------------------------------------------------------------
@@ -93,7 +97,11 @@ class DDADParams(ReconstructionParams):
         "auto",
         description="dual = A_intra + A_inter (needs a pool), intra = A_intra only, auto = dual iff a pool is given",
     )
-    refine: bool = Field(True, description="refine the raw maps with the ASR-Net (R_dual / R_intra)")
+    refine: bool | Literal["auto"] = Field(
+        "auto",
+        description="refine the raw maps with the ASR-Net (R_dual / R_intra); auto = only if the raw maps "
+        f"localise FPI anomalies of the training normals (pixel AUROC >= {RAW_SIGNAL_FLOOR})",
+    )
     asr_epochs: int = Field(100, ge=1, description="ASR-Net training epochs")
     asr_lr: float = Field(1e-4, gt=0, description="ASR-Net Adam learning rate")
     asr_weight_decay: float = Field(1e-4, ge=0, description="ASR-Net weight decay")
@@ -107,12 +115,14 @@ class DDADDetector(ReconstructionDetector):
     name = "ddad"
     Params = DDADParams
     params: DDADParams
-    statistics = ("input_shape", "dual")
+    statistics = ("input_shape", "dual", "refined")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        # whether the fitted model uses a pool (UDM + two-input ASR-Net): needed to rebuild on load
+        # whether the fitted model uses a pool (UDM + two-input ASR-Net) and the ASR-Net: needed to
+        # rebuild on load (models saved before ``refined`` existed used it iff refine was true)
         self.register_buffer("dual", torch.tensor(False))
+        self.register_buffer("refined", torch.tensor(self.params.refine is not False))
 
     # -- variant / build ------------------------------------------------------------------------
     def resolve_variant(self, unlabeled: Tensor | None) -> Literal["dual", "intra"]:
@@ -131,11 +141,19 @@ class DDADDetector(ReconstructionDetector):
     ) -> DDADDetector:
         variant = self.resolve_variant(unlabeled)
         self.dual.fill_(variant == "dual")
-        log.info("ddad: %s variant (%s), K=%d, backbone %s", variant,
-                 ("R_" if self.params.refine else "A_") + ("dual" if variant == "dual" else "intra"),
-                 self.params.ensemble, self.params.backbone)
+        self.refined.fill_(self.params.refine is not False)
+        log.info("ddad: %s variant, K=%d, backbone %s, refine %s", variant, self.params.ensemble,
+                 self.params.backbone, self.params.refine)
         super().fit(images, encoder, cache, unlabeled=unlabeled if variant == "dual" else None)
+        log.info("ddad: the map is %s", self.map_name)
         return self
+
+    @property
+    def map_name(self) -> str:
+        """R_dual / R_intra (ASR-Net) or the raw A_inter / A_intra the map reports."""
+        if bool(self.refined):
+            return "R_dual" if bool(self.dual) else "R_intra"
+        return "A_inter" if bool(self.dual) else "A_intra"
 
     def build(self, channels: int, size: int) -> None:
         p = self.params
@@ -146,7 +164,7 @@ class DDADDetector(ReconstructionDetector):
         dual = bool(self.dual)
         self.ndm = nn.ModuleList(member() for _ in range(p.ensemble))
         self.udm = nn.ModuleList(member() for _ in range(p.ensemble)) if dual else None
-        self.asr = ASRNet(inputs=2 if dual else 1, width=p.asr_width) if p.refine else None
+        self.asr = ASRNet(inputs=2 if dual else 1, width=p.asr_width) if bool(self.refined) else None
 
     # -- training ---------------------------------------------------------------------------------
     def _reconstruction_loss(self, net: ConvAutoEncoder):
@@ -173,6 +191,19 @@ class DDADDetector(ReconstructionDetector):
             for i, net in enumerate(self.udm):
                 train_network(net, both, self._reconstruction_loss(net), seed=p.seed + p.ensemble + i,
                               name=f"ddad UDM[{i}]", **common)
+        if self.asr is not None and p.refine == "auto":
+            for module in (*self.ndm, *(self.udm or ())):
+                module.eval()
+            raw = self.fpi_aurocs(images, seed=p.seed + 3 * p.ensemble)
+            if max(raw.values()) < RAW_SIGNAL_FLOOR:
+                log.warning(
+                    "ddad: refine=auto: the raw maps hardly localise synthetic (FPI) anomalies of the training "
+                    "normals (pixel AUROC %s < %.2f); the ASR-Net would learn the patch prior and invert the "
+                    "raw score, so it is skipped and the raw map is reported (refine: true forces it)",
+                    ", ".join(f"{k} {v:.3f}" for k, v in raw.items()), RAW_SIGNAL_FLOOR,
+                )
+                self.refined.fill_(False)
+                self.asr = None
         if self.asr is not None:
             self._train_asr(images)
 
@@ -207,24 +238,32 @@ class DDADDetector(ReconstructionDetector):
         """
         if len(val_images) < 2:
             return {}
+        out = self.fpi_aurocs(val_images, seed=self.params.seed + 1, refined=self.asr is not None)
+        best_raw = max(v for k, v in out.items() if k != "fpi_auroc_refined")
+        if self.asr is not None and best_raw < RAW_SIGNAL_FLOOR:
+            log.warning(
+                "ddad: the raw maps hardly localise synthetic (FPI) anomalies on validation normals "
+                "(pixel AUROC %.3f < %.2f), so the ASR-Net had little to learn from; consider refine: false "
+                "(see docs/detectors/ddad.md)", best_raw, RAW_SIGNAL_FLOOR,
+            )
+        return out
+
+    @torch.no_grad()
+    def fpi_aurocs(self, images: Tensor, seed: int, refined: bool = False) -> dict[str, float]:
+        """Pixel AUROC of the raw maps (``fpi_auroc_intra``, ``fpi_auroc_inter`` when dual) and, with
+        ``refined``, of the ASR-Net's map (``fpi_auroc_refined``) against the masks of FPI anomalies
+        (eqs. 9-10) made from up to ``FPI_CHECK_IMAGES`` of ``images``, seeded by ``seed``."""
         synthetic = foreign_patch_interpolation(
-            val_images[:512].cpu(), generator=torch.Generator().manual_seed(self.params.seed + 1)
+            images[:FPI_CHECK_IMAGES].cpu(), generator=torch.Generator().manual_seed(seed)
         )
         masks = list(synthetic.masks.numpy())
         batches = synthetic.images.split(self.params.batch_size)
         raw = torch.cat([self.raw_maps(b.to(self.device)).float() for b in batches])
         names = ["intra", "inter"][: raw.shape[1]]
         out = {f"fpi_auroc_{n}": pixel_auroc(raw[:, i].cpu().numpy(), masks) for i, n in enumerate(names)}
-        if self.asr is not None:
-            refined = torch.cat([self.map_from_raw(r) for r in raw.split(self.params.batch_size)])
-            out["fpi_auroc_refined"] = pixel_auroc(refined.cpu().numpy(), masks)
-            best_raw = max(out[f"fpi_auroc_{n}"] for n in names)
-            if best_raw < RAW_SIGNAL_FLOOR:
-                log.warning(
-                    "ddad: the raw maps hardly localise synthetic (FPI) anomalies on validation normals "
-                    "(pixel AUROC %.3f < %.2f), so the ASR-Net had little to learn from; consider refine: false "
-                    "(see docs/detectors/ddad.md)", best_raw, RAW_SIGNAL_FLOOR,
-                )
+        if refined:
+            maps = torch.cat([self.map_from_raw(r) for r in raw.split(self.params.batch_size)])
+            out["fpi_auroc_refined"] = pixel_auroc(maps.cpu().numpy(), masks)
         return out
 
     def raw_maps(self, x: Tensor) -> Tensor:
