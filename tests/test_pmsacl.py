@@ -195,6 +195,9 @@ def test_builds_through_the_registry_with_validated_params() -> None:
     p = method.params
     assert (p.alpha, p.temperature, p.proj_dim) == (0.3, 0.2, 128)
     assert (method.medmix.max_lesions, method.medmix.wave_p, method.medmix.size) == (4, 0.25, (0.1, 0.25))
+    assert (method.medmix.foreground, method.medmix.feather) == (None, 0.0)  # the paper's MedMix by default
+    tuned = build_method(MethodConfig(name="pmsacl", params={"medmix_foreground": 0.1, "medmix_feather": 0.3}), encoder)
+    assert (tuned.medmix.foreground, tuned.medmix.feather) == (0.1, 0.3)
     assert method.pos_patch(torch.rand(1, 1, 64, 64)) == (16, 4)
     assert _method(patch_size=6, jitter=0).pos_patch(torch.rand(1, 1, 64, 64)) == (6, 0)
     for bad in ({"num_classes": 1}, {"lesion_size_min": 0.3, "lesion_size_max": 0.2}, {"view": "patch"}, {"tau": 1}):

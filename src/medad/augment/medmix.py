@@ -12,16 +12,26 @@ probability 0.25 each (the paper's value) by
 - a horizontal-wave warp: rows are shifted sideways by a smooth profile through three random
   control points (row, shift);
 
-and pasted, without blending, at a random position of the target image (the paper pastes anywhere
-in the image and mentions no foreground restriction, so neither does this). Both warps are one
-``grid_sample`` that only reads pixels of the cut patch.
+and pasted at a random position of the target image. The paper pastes anywhere, without blending
+and without a foreground restriction, and that is the default. Two options fix what that does to
+images with a dark background (on LGG at 64 px most pastes land on background or cut a black
+square, docs/methods/pmsacl.md):
+
+- ``foreground`` (a share of each image's 99th percentile, as ``medad.detectors.maps``): the cut
+  and the paste positions are each the best of ``PLACE_TRIES`` random candidates by foreground
+  share, and the lesion only replaces foreground pixels of the target;
+- ``feather`` (a share of the patch's shorter half-side): the lesion is alpha-blended in over a
+  linear ramp of that width at its border instead of pasted with a hard edge.
+
+Both warps are one ``grid_sample`` that only reads pixels of the cut patch.
 
 Choices the paper leaves open (see ``docs/methods/pmsacl.md``): a lesion's height and width are
 independently U(``size``) of the image side (default 0.1-0.25). Lesions never overlap or touch:
 the image is split into a g x g grid of cells (g = ceil(sqrt(max_lesions))) and each lesion of an
 image sits in its own random cell, at a random position that keeps one free pixel row and column
 at the cell's far edges. Every lesion is therefore its own 8-connected region of the mask, so an
-image of class n has exactly n regions.
+image of class n has exactly n regions (with ``foreground``, a lesion cut by the target's
+foreground edge may split into several, or vanish where its cell holds no foreground).
 
 All randomness comes from ``generator`` (default: torch's global RNG) and the number of draws does
 not depend on the probabilities, so one seed gives the same geometry with alterations on or off.
@@ -48,9 +58,10 @@ from torch import Tensor
 from medad.augment.weak import _rand
 
 # uniform draws per lesion slot; named slices of one [N, _DRAWS] tensor (see MedMix._lesion)
+PLACE_TRIES = 4  # candidate cut / paste positions per lesion (the first is used without a foreground)
 _SPLITS = {
-    "size": 2, "place": 2, "source": 1, "source_place": 2, "gates": 4, "jitter": 2, "noise": 1,
-    "lens_points": 6, "lens_strength": 3, "wave_rows": 3, "wave_shift": 3,
+    "size": 2, "place": 2 * PLACE_TRIES, "source": 1, "source_place": 2 * PLACE_TRIES, "gates": 4, "jitter": 2,
+    "noise": 1, "lens_points": 6, "lens_strength": 3, "wave_rows": 3, "wave_shift": 3,
 }
 _DRAWS = sum(_SPLITS.values())
 _CONTROL_WIDTH = 0.5  # Gaussian width of a control point's influence, in patch half-sides
@@ -98,12 +109,16 @@ class MedMix:
     noise_std: tuple[float, float] = (0.03, 0.1)
     lens_strength: tuple[float, float] = (0.2, 0.6)
     wave_shift: float = 0.3
+    foreground: float | None = None
+    feather: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.size[0] <= self.size[1] <= 1:
             raise ValueError(f"size must satisfy 0 < min <= max <= 1, got {self.size}")
         if self.max_lesions < 1:
             raise ValueError(f"max_lesions must be >= 1, got {self.max_lesions}")
+        if not 0 <= self.feather <= 1:
+            raise ValueError(f"feather must lie in [0, 1], got {self.feather}")
 
     @property
     def grid(self) -> int:
@@ -129,16 +144,20 @@ class MedMix:
         if min(h, w) < 4 * self.grid:
             raise ValueError(f"MedMix with max_lesions={self.max_lesions} needs images of at least {4 * self.grid} px")
         cells = _rand((n, self.grid**2), generator, images).argsort(dim=1)[:, :slots]  # a distinct cell per lesion
+        fg = None if self.foreground is None else foreground_of(images, self.foreground)
         out = images
         for slot in range(slots):
-            lesion, inside = self._lesion(images, cells[:, slot], generator)
+            lesion, inside, alpha = self._lesion(images, cells[:, slot], generator, fg)
             inside = inside & (counts > slot).view(n, 1, 1, 1)
-            out = torch.where(inside, lesion, out)
+            out = torch.where(inside, alpha * lesion + (1 - alpha) * out, out)
             masks |= inside
         return out, masks.to(torch.uint8)
 
-    def _lesion(self, images: Tensor, cell: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """One lesion per image, in ``cell``: the full-size image holding it and its mask ``[N, 1, H, W]``."""
+    def _lesion(
+        self, images: Tensor, cell: Tensor, generator: torch.Generator | None, fg: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One lesion per image, in ``cell``: the full-size image holding it, its mask and its
+        blending weight (all ``[N, 1, H, W]``); ``fg`` is the images' foreground or None."""
         n, _, h, w = images.shape
         u = dict(zip(_SPLITS, _rand((n, _DRAWS), generator, images).split(list(_SPLITS.values()), dim=1)))
         noise = torch.randn(images.shape, generator=generator, device=_device(generator)).to(images)
@@ -149,14 +168,26 @@ class MedMix:
         extent = self.size[0] + (self.size[1] - self.size[0]) * u["size"]
         patch = (extent * side).round().long().clamp(min=1)
         patch = torch.minimum(patch, cell_len - 1)
-        corner = cell_lo + (u["place"] * (cell_len - patch)).long()
+        corners = cell_lo[:, None] + (u["place"].view(n, PLACE_TRIES, 2) * (cell_len - patch)[:, None]).long()
         source = (torch.arange(n, device=images.device) + 1 + (u["source"][:, 0] * (n - 1)).long()) % n
-        source_corner = (u["source_place"] * (side - patch + 1)).long()
+        source_corners = (u["source_place"].view(n, PLACE_TRIES, 2) * (side - patch + 1)[:, None]).long()
+        corner, source_corner = corners[:, 0], source_corners[:, 0]
+        if fg is not None:
+            corner = _most_foreground(fg, corners, patch)
+            source_corner = _most_foreground(fg[source], source_corners, patch)
 
         # patch coordinates of every pixel: pixel centres of the patch span [-1 + 1/len, 1 - 1/len]
         pos = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).to(images)  # [2, H, W]
         pp = (2 * (pos[None] - corner[:, :, None, None]) + 1) / patch[:, :, None, None] - 1  # [N, 2, H, W]
         inside = (pp.abs() < 1).all(dim=1, keepdim=True)
+        alpha = torch.ones_like(inside, dtype=images.dtype)
+        if self.feather > 0:  # pixels to the patch border, ramped over ``feather`` x the shorter half-side
+            half = patch[:, :, None, None] / 2
+            border = ((1 - pp.abs()) * half).amin(dim=1, keepdim=True)
+            ramp = self.feather * half.amin(dim=1, keepdim=True)
+            alpha = (border / ramp).clamp(0.0, 1.0)
+        if fg is not None:
+            inside = inside & fg[:, None]
         gates = u["gates"] < torch.tensor([self.jitter_p, self.noise_p, self.fisheye_p, self.wave_p]).to(images)
         pp = self._warp(pp, u, gates[:, 2], gates[:, 3])
         lo = (1 / patch - 1)[:, :, None, None]
@@ -168,7 +199,7 @@ class MedMix:
         lesion = torch.where(gates[:, 0].view(n, 1, 1, 1), self._jitter(lesion, inside, u["jitter"]), lesion)
         std = self.noise_std[0] + (self.noise_std[1] - self.noise_std[0]) * u["noise"]
         noisy = (lesion + std.view(n, 1, 1, 1) * noise).clamp(0.0, 1.0)
-        return torch.where(gates[:, 1].view(n, 1, 1, 1), noisy, lesion), inside
+        return torch.where(gates[:, 1].view(n, 1, 1, 1), noisy, lesion), inside, alpha
 
     def _warp(self, pp: Tensor, u: dict[str, Tensor], lens: Tensor, wave: Tensor) -> Tensor:
         """Map patch coordinates ``pp [N, 2, H, W]`` (row, column) through the wave, then the fisheye."""
@@ -191,6 +222,36 @@ class MedMix:
         weight = inside.to(x).expand_as(x)
         mean = (x * weight).sum(dim=(1, 2, 3), keepdim=True) / weight.sum(dim=(1, 2, 3), keepdim=True)
         return ((x - mean) * factors[:, 1].view(n, 1, 1, 1) + mean).clamp(0.0, 1.0)
+
+
+def foreground_of(images: Tensor, threshold: float) -> Tensor:
+    """``[N, H, W]`` bool: pixels whose channel mean exceeds ``threshold`` x the image's 99th percentile.
+
+    >>> x = torch.zeros(1, 1, 4, 4); x[..., 1:3, 1:3] = 1
+    >>> int(foreground_of(x, 0.1).sum())
+    4
+    """
+    mean = images.mean(dim=1)
+    level = torch.quantile(mean.flatten(1).float(), 0.99, dim=1).to(mean.dtype)
+    return mean > threshold * level.view(-1, 1, 1)
+
+
+def _most_foreground(fg: Tensor, corners: Tensor, patch: Tensor) -> Tensor:
+    """The candidate top-left corner ``corners [N, T, 2]`` whose ``patch [N, 2]`` box holds the
+    most foreground pixels of ``fg [N, H, W]`` (the first on ties), ``[N, 2]``."""
+    n, t, _ = corners.shape
+    integral = F.pad(fg.to(torch.float64).cumsum(1).cumsum(2), (1, 0, 1, 0))  # [N, H+1, W+1]
+    flat = integral.flatten(1)
+    width = integral.shape[-1]
+
+    def at(r: Tensor, c: Tensor) -> Tensor:
+        return flat.gather(1, r * width + c)
+
+    r0, c0 = corners[..., 0], corners[..., 1]
+    r1, c1 = r0 + patch[:, None, 0], c0 + patch[:, None, 1]
+    count = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)  # [N, T]
+    best = count.argmax(dim=1)  # argmax returns the first maximum
+    return corners[torch.arange(n, device=corners.device), best]
 
 
 def _bump(d: Tensor) -> Tensor:

@@ -108,6 +108,12 @@ class PMSACLParams(ContrastiveParams):
     local_patch_size: int = Field(32, ge=8, description="crop side of the local view (the paper: 32)")
     patch_size: int | None = Field(None, ge=2, description="ℓ_pos patch side; None = min(side // 4, local)")
     jitter: int | None = Field(None, ge=0, description="ℓ_pos neighbour jitter; None = patch // 4")
+    medmix_foreground: float | None = Field(
+        None, gt=0, lt=1, description="MedMix cuts from and pastes into pixels above this share of the image's "
+        "99th percentile (None = anywhere, the paper)",
+    )
+    medmix_feather: float = Field(0.0, ge=0, le=1, description="MedMix border blend, share of the lesion half-side "
+                                  "(0 = hard edge, the paper)")
     weight_ctr: float = Field(1.0, ge=0, description="weight of ℓ_ctr, eq. (3)")
     weight_pmsacl: float = Field(1.0, ge=0, description="weight of ℓ_PMSACL, eqs. (4)-(7)")
     weight_aug: float = Field(1.0, ge=0, description="weight of ℓ_aug, eq. (8)")
@@ -162,6 +168,8 @@ class PMSACLMethod(ContrastiveMethod):
             noise_p=q,
             fisheye_p=q,
             wave_p=q,
+            foreground=p.medmix_foreground,
+            feather=p.medmix_feather,
         )
 
     def project(self, strong: Tensor) -> tuple[Tensor, Tensor]:
