@@ -45,21 +45,35 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "chest-xray": Preset(
-        "frontal chest radiographs (grey)",
+        "frontal chest radiographs (grey): contrastive pre-training, Mahalanobis image score (no map)",
         {
             "data": {"image_size": 64, "channels": 1},
+            "encoder": {"width": 64},
+            "method": {"name": "contrastive"},
+            "detector": {"name": "mahalanobis"},
+            "train": {"epochs": 50},
         },
     ),
     "breast-ultrasound": Preset(
-        "breast ultrasound (grey)",
+        "breast ultrasound (grey): contrastive pre-training, Mahalanobis image score (no map)",
         {
             "data": {"image_size": 64, "channels": 1},
+            "encoder": {"width": 64},
+            "method": {"name": "contrastive"},
+            "detector": {"name": "mahalanobis"},
+            "train": {"epochs": 40},
         },
     ),
     "generic": Preset(
-        "any modality, no assumption about what a lesion looks like",
+        "any modality, no assumption about lesion intensity: denoising U-Net, absolute residual inside "
+        "the foreground",
         {
-            "data": {"image_size": 64},
+            "data": {"image_size": 128},
+            "method": {"name": "none"},
+            "detector": {"name": "dae", "params": {"polarity": "abs", "epochs": 40, "noise_std": 0.4,
+                                                   "work_size": 64}},
+            "maps": {"foreground": 0.1, "erode": 8.0, "smooth": 8.0},
+            "evaluation": {"pixel_threshold_quantile": 0.999},
         },
     ),
 }
