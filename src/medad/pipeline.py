@@ -33,6 +33,7 @@ from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
 from medad.report.figures import map_range, save_heatmap_png
 from medad.report.html import render_report
+from medad.runlock import RunLock
 from medad.train.checkpoint import atomic_write_text
 
 log = logging.getLogger("medad")
@@ -253,16 +254,23 @@ def train_run(
 
     A directory that already holds a run is left alone unless ``resume`` (continue its
     checkpoint) or ``overwrite`` (start again) is given, so no finished run is lost by accident.
+    The folder is locked while the run writes it (:class:`~medad.runlock.RunLock`): a second
+    training on the same folder fails at once with :class:`~medad.runlock.RunLockedError`.
     """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
     run_dir = Path(run_dir)
-    if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
-        raise FileExistsError(
-            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # taken before the check below, so that two starts cannot both pass it
+        if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
+            raise FileExistsError(
+                f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --out"
+            )
+        return _train_locked(config, run_dir, resume)
+
+
+def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+    """The body of :func:`train_run`, run while ``run_dir`` is locked."""
     splits = load_splits(config.data, seed=config.train.seed)
     for bad_id, reason in splits.skipped:
         log.warning("skipped %s: %s", bad_id, reason)
