@@ -35,6 +35,29 @@ def test_scores_predictions_and_threshold(fitted):
     assert list(fitted.score_all(test)) == ["nnd", "mahalanobis", "lh", "cosine"]
 
 
+def test_predict_proba_is_the_share_of_validation_normals_scoring_lower(fitted):
+    test, _ = make_phantoms(6, 32, seed=1, lesion=True)
+    proba = fitted.predict_proba(test)
+    scores = fitted.decision_function(test)
+    val = np.asarray(fitted.val_scores_)
+    expected = [((val < s).sum() + 0.5 * (val == s).sum()) / len(val) for s in scores]
+    assert proba.shape == (6, 2) and np.allclose(proba[:, 1], expected) and np.allclose(proba.sum(1), 1)
+    assert (np.diff(proba[np.argsort(scores), 1]) >= 0).all()  # monotone in the score
+    assert (proba[:, 1] > 0.95)[scores > fitted.threshold_].all()  # above the q0.95 threshold
+    with pytest.raises(NotFittedError, match="validation"):
+        AnomalyDetector(CFG).predict_proba(test)
+
+
+def test_sklearn_clone_gives_an_unfitted_copy_with_the_same_settings(fitted):
+    from sklearn.base import clone
+
+    copy = clone(fitted)
+    assert copy.config == fitted.config and copy.encoder_ is None and copy.threshold_ is None
+    assert copy.set_params(epochs=3, detector="mahalanobis") is copy
+    assert (copy.config.train.epochs, copy.primary) == (3, "mahalanobis") and fitted.config.train.epochs == 1
+    assert copy.get_params() == {"config": copy.config}
+
+
 def test_accepts_uint8_arrays_and_other_sizes(fitted):
     test, _ = make_phantoms(3, 48, seed=2)
     as_uint8 = (test[:, 0].numpy() * 255).round().astype(np.uint8)  # [N, H, W] uint8, 48 px

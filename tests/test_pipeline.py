@@ -78,10 +78,10 @@ def test_predict_and_evaluate_reproduce_training_scores(run, dataset, tmp_path):
     scores_csv = predict_run(run_dir, [dataset / "test" / "good", dataset / "test" / "lesion"], tmp_path / "pred")
     with open(scores_csv) as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 12 and {"path", "score", "label"} <= set(rows[0])
+    assert len(rows) == 12 and {"path", "score", "label", "normal_quantile"} <= set(rows[0])
     for row in rows:
         assert float(row["score"]) == pytest.approx(trained[row["path"]], rel=1e-4, abs=1e-5)
-        assert row["label"] in ("0", "1")
+        assert row["label"] in ("0", "1") and 0.0 <= float(row["normal_quantile"]) <= 1.0
     evaluated, out = evaluate_run(run_dir, dataset)
     assert evaluated["image_auroc"] == pytest.approx(metrics["image_auroc"])
     assert (out / "report.html").is_file()

@@ -33,6 +33,7 @@ from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
+from medad.evaluation.calibration import normal_quantile
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.methods.registry import build_method
@@ -86,7 +87,10 @@ class AnomalyDetector:
     def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, **shortcuts: Any):
         if preset is not None and config is not None:
             raise ValueError("give a config or a preset, not both (the config records its preset)")
-        self.config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
+        if config is not None and preset is None and not shortcuts:
+            self.config = config  # as given, so that scikit-learn's clone finds the same object
+        else:
+            self.config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
         self.device = resolve_device(self.config.train.device)
         self.encoder_: nn.Module | None = None
         self.detectors_ = nn.ModuleDict()
@@ -277,6 +281,29 @@ class AnomalyDetector:
         if self.threshold_ is None:
             raise NotFittedError("no threshold: fit with validation normals (val_fraction > 0)")
         return (self.decision_function(images) > self.threshold_).astype(np.int64)
+
+    def predict_proba(self, images: Images) -> np.ndarray:
+        """``[N, 2]``: column 1 is the calibrated score — the share of validation normals scoring
+        below each image (:func:`~medad.evaluation.calibration.normal_quantile`), column 0 is one
+        minus it (the empirical p-value of "normal"), as scikit-learn and PyOD lay out probabilities."""
+        if not self.val_scores_:
+            raise NotFittedError("no validation-normal scores: fit with validation normals (val_fraction > 0)")
+        q = normal_quantile(self.decision_function(images), self.val_scores_)
+        return np.stack([1.0 - q, q], axis=1)
+
+    # -- scikit-learn estimator API ---------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The estimator's parameters: the resolved run configuration (preset and shortcuts
+        included), so that ``sklearn.base.clone(model)`` gives an unfitted copy."""
+        return {"config": self.config}
+
+    def set_params(self, **params: Any) -> AnomalyDetector:
+        """Set ``config`` and/or shortcut values (``epochs=3``, ``detector="nnd"``); takes effect
+        at the next :meth:`fit`. Returns the estimator."""
+        config = params.pop("config", self.config)
+        self.config = apply_shortcuts(config, **params) if params else config
+        self.device = resolve_device(self.config.train.device)
+        return self
 
     def anomaly_map(self, images: Images) -> np.ndarray:
         """Pixel anomaly maps ``[N, H, W]`` from the primary detector, if it is spatial."""

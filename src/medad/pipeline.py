@@ -26,6 +26,7 @@ import torch
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_images, load_splits, load_test_split
+from medad.evaluation.calibration import normal_quantile
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
@@ -315,7 +316,10 @@ def _run_dir_of(model_dir: str | Path) -> Path:
 
 
 def predict_run(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path) -> Path:
-    """Score image files/folders: ``scores.csv`` plus a heatmap PNG per image for spatial scores."""
+    """Score image files/folders: ``scores.csv`` plus a heatmap PNG per image for spatial scores.
+
+    ``scores.csv`` has the path, the primary score, the label at the label-free threshold, the
+    calibrated ``normal_quantile`` (share of validation normals scoring lower) and every score."""
     model = AnomalyDetector.load(model_dir)
     cfg = model.config.data
     images = load_images(inputs, image_size=cfg.image_size, channels=cfg.channels,
@@ -325,11 +329,13 @@ def predict_run(model_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     outputs = model.score_all(images)
     primary = outputs[model.primary]
     scores = primary.scores.cpu().numpy()
+    calibrated = normal_quantile(scores, model.val_scores_) if model.val_scores_ else [None] * len(scores)
     rows = []
     for i, image_id in enumerate(images.ids):
         label = "" if model.threshold_ is None else int(scores[i] > model.threshold_)
-        rows.append([image_id, f"{scores[i]:.6g}", label, *(f"{o.scores[i]:.6g}" for o in outputs.values())])
-    lines = [["path", "score", "label", *outputs]] + rows
+        quantile = "" if calibrated[i] is None else f"{calibrated[i]:.4f}"
+        rows.append([image_id, f"{scores[i]:.6g}", label, quantile, *(f"{o.scores[i]:.6g}" for o in outputs.values())])
+    lines = [["path", "score", "label", "normal_quantile", *outputs]] + rows
     with open(out / "scores.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(lines)
     if primary.maps is not None:
