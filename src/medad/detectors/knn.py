@@ -1,5 +1,8 @@
 """S_NND: negative cosine similarity to the nearest normal training embedding (CON2 eq. 12).
 
+The search is :class:`~medad.detectors.neighbours.NeighbourIndex` (``search``: faiss' exact flat
+index by default, ``faiss-ivf`` approximate for banks of millions, ``torch`` brute force).
+
 >>> import torch
 >>> from torch import nn
 >>> normals = torch.rand(20, 1, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -19,6 +22,7 @@ from torch import Tensor
 
 from medad.detectors.base import DetectorParams
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
+from medad.detectors.neighbours import NeighbourIndex, Search
 
 # similarities held in memory at once while scoring: views x query chunk x training images
 CHUNK_ELEMENTS = 1 << 24
@@ -40,6 +44,9 @@ def reduce_cosine_similarities(z: Tensor, bank: Tensor, reduce: Callable[[Tensor
 
 class NearestNeighbourParams(EmbeddingParams):
     k: int = Field(1, ge=1, description="average the k largest similarities (k = 1: CON2 eq. 12)")
+    search: Search = Field("faiss", description="faiss (exact flat index), faiss-ivf (approximate, large "
+                           "banks) or torch (brute force on the bank's device)")
+    nprobe: int = Field(16, ge=1, description="cells a faiss-ivf query visits (more = slower, closer to exact)")
 
 
 class NearestNeighbourDetector(EmbeddingDetector):
@@ -60,5 +67,15 @@ class NearestNeighbourDetector(EmbeddingDetector):
             raise ValueError(f"k={self.params.k} nearest neighbours need at least k training images, got {z.shape[1]}")
         return {"bank": F.normalize(z, dim=-1)}
 
+    def _indexes(self) -> list[NeighbourIndex]:
+        """One index per view over ``bank``, built at the first score after a fit or a load."""
+        key = (self.bank.data_ptr(), tuple(self.bank.shape), self.bank.device, self.params.search, self.params.nprobe)
+        if getattr(self, "_index_key", None) != key:
+            self._index_cache = [NeighbourIndex(b, self.params.search, self.params.nprobe) for b in self.bank]
+            self._index_key = key
+        return self._index_cache
+
     def _score(self, z: Tensor) -> Tensor:
-        return reduce_cosine_similarities(z, self.bank, lambda sim: -sim.topk(self.params.k, dim=-1).values.mean(-1))
+        query = F.normalize(z.to(self.bank.dtype), dim=-1)
+        k = self.params.k
+        return -torch.stack([index.search(q, k).mean(-1) for index, q in zip(self._indexes(), query)])
