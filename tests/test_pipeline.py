@@ -8,11 +8,13 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from medad.config import RunConfig, load_config
 from medad.data.synthetic import write_phantom_dataset
 from medad.evaluation.records import ResultSet
-from medad.pipeline import evaluate_run, predict_run, report_run, train_run
+from medad.pipeline import evaluate_run, report_run, train_run
+from medad.prediction import predict_run
 
 TINY = {
     "data": {"image_size": 32, "channels": 1, "val_fraction": 0.2},
@@ -153,7 +155,43 @@ def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_p
     shown = [r for r in ResultSet.load(tmp_path / "run" / "predictions.npz") if r.image is not None]
     assert all(r.anomaly_map is not None and r.anomaly_map.shape == (32, 32) for r in shown)
     predict_run(tmp_path / "run", [dataset / "test" / "lesion"], tmp_path / "pred")
-    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == 6
+    assert len(list((tmp_path / "pred" / "heatmaps" / "lesion").glob("*.png"))) == 6
+    _predict_batches_nested_folders_and_colour_scale(tmp_path / "run", dataset, tmp_path)
+
+
+def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path) -> None:
+    """predict: batches give the scores of one pass, nested folders are searched, equal names in two
+    folders keep both heatmaps, a heatmap does not depend on what else is predicted, only the
+    primary score is computed unless asked."""
+    import shutil
+
+    nested = tmp_path / "export" / "study1" / "series1"
+    nested.mkdir(parents=True)
+    for f in sorted((dataset / "test" / "good").glob("*.png"))[:3]:
+        shutil.copy(f, nested / f.name)
+    twin = tmp_path / "twin" / "lesion"  # another folder called lesion, with the same file names
+    shutil.copytree(dataset / "test" / "lesion", twin)
+    one_go = predict_run(run_dir, [tmp_path / "export", dataset / "test" / "lesion", twin], tmp_path / "p1",
+                         batch_size=100)
+    batched = predict_run(run_dir, [tmp_path / "export", dataset / "test" / "lesion", twin], tmp_path / "p2",
+                          batch_size=2, scores="all")
+    with open(one_go) as fh:
+        rows = list(csv.DictReader(fh))
+    with open(batched) as fh:
+        rows_batched = list(csv.DictReader(fh))
+    assert len(rows) == len(rows_batched) == 15 and list(rows[0]) == ["path", "score", "label", "normal_quantile",
+                                                                       "padim"]
+    assert {"mahalanobis", "nnd"} <= set(rows_batched[0])
+    for a, b in zip(rows, rows_batched):
+        assert a["path"] == b["path"] and float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-5)
+    heat = tmp_path / "p1" / "heatmaps"
+    assert len(list((heat / "export" / "study1" / "series1").glob("*.png"))) == 3
+    assert len(list((heat / "lesion").glob("*.png"))) == len(list((heat / "lesion_2").glob("*.png"))) == 6
+    alone = tmp_path / "alone"
+    first = sorted(twin.glob("*.png"))[0]
+    predict_run(run_dir, [first], alone)
+    picture = np.asarray(Image.open(alone / "heatmaps" / first.name))
+    assert np.array_equal(picture, np.asarray(Image.open(heat / "lesion_2" / first.name)))
 
 
 def test_pmsacl_run_shows_its_medmix_examples_in_the_report(dataset, tmp_path):

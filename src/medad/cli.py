@@ -152,17 +152,25 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
     out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores)."),
+    batch_size: int = typer.Option(64, help="Images read and scored at a time."),
+    scores: str = typer.Option("primary", help="Scores to compute: primary (the model's own) or all."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Score new images: scores.csv with path, score and label at the model's threshold.
+    """Score new images: scores.csv with path, score, label at the model's threshold and the
+    calibrated normal_quantile; heatmaps/ for spatial scores. Folders are searched recursively.
 
     Example:
 
         medad predict --model runs/lgg ../shared/data/lgg_brain_mri_mini/test/tumor --out runs/lgg/pred
     """
-    from medad.pipeline import predict_run
+    from medad.prediction import predict_run
 
     try:
-        path = predict_run(model, inputs, out)
+        if scores not in ("primary", "all"):
+            raise ValueError(f"--scores must be primary or all, got {scores!r}")
+        path = predict_run(model, inputs, out, batch_size=batch_size, scores=scores,  # type: ignore[arg-type]
+                           device=device, progress=None if progress else False)
     except _USER_ERRORS as exc:
         _fail(exc)
     console.print(f"scores: {path}")

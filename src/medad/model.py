@@ -18,6 +18,7 @@ import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
@@ -33,7 +34,7 @@ from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
-from medad.evaluation.calibration import normal_quantile
+from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.methods.registry import build_method
@@ -98,6 +99,7 @@ class AnomalyDetector:
         self.threshold_rule_: str = "none"
         self.pixel_threshold_: float | None = None
         self.pixel_threshold_rule_: str = "none"
+        self.map_range_: tuple[float, float] | None = None  # heatmap colour scale (validation normals)
         self.val_scores_: list[float] = []
         self.history_: list[dict[str, Any]] = []
         self.train_seconds_: float = 0.0
@@ -243,23 +245,28 @@ class AnomalyDetector:
                 self.pixel_threshold_, self.pixel_threshold_rule_ = pixel_quantile_threshold(
                     out.maps.cpu().numpy(), cfg.evaluation.pixel_threshold_quantile
                 )
+                self.map_range_ = normal_map_range(out.maps.cpu().numpy())
         else:
             log.warning("no validation normals: no threshold, predict() is unavailable")
             self.val_scores_, self.threshold_, self.threshold_rule_ = [], None, "none"
         return self
 
     # -- scoring ----------------------------------------------------------------------------
-    def score_all(self, images: Images) -> dict[str, DetectorOutput]:
-        """Every fitted score of ``images`` by name (primary first)."""
+    def score_all(self, images: Images, names: Sequence[str] | None = None) -> dict[str, DetectorOutput]:
+        """Every fitted score of ``images`` by name (primary first), or only those in ``names``."""
         self._check_fitted()
-        return self._score(self.prepare(images))
+        unknown = sorted(set(names or ()) - set(self.detectors_))
+        if unknown:
+            raise ValueError(f"unknown score(s) {unknown}; this model has {list(self.detectors_)}")
+        return self._score(self.prepare(images), names)
 
     @torch.no_grad()
-    def _score(self, x: Tensor) -> dict[str, DetectorOutput]:
+    def _score(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, DetectorOutput]:
         """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`;
         maps are post-processed as ``config.maps`` says and their image scores taken again."""
         cache: dict = {}
-        outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()}
+        outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()
+                   if names is None or name in names}
         post = self.config.maps
         if post.active:
             for name, out in outputs.items():
@@ -354,6 +361,7 @@ class AnomalyDetector:
             "threshold": self.threshold_,
             "threshold_rule": self.threshold_rule_,
             "pixel_threshold": self.pixel_threshold_,
+            "map_range": self.map_range_,
             "pixel_threshold_rule": self.pixel_threshold_rule_,
             "val_scores": self.val_scores_,
             "history": self.history_,
@@ -391,6 +399,7 @@ class AnomalyDetector:
         model.threshold_ = meta["threshold"]
         model.threshold_rule_ = meta["threshold_rule"]
         model.pixel_threshold_ = meta.get("pixel_threshold")
+        model.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
         model.pixel_threshold_rule_ = meta.get("pixel_threshold_rule", "none")
         model.val_scores_ = meta["val_scores"]
         model.history_ = meta["history"]

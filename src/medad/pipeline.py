@@ -13,7 +13,6 @@ A run directory holds::
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -25,14 +24,12 @@ import torch
 
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
-from medad.data.loading import load_images, load_splits, load_test_split
-from medad.evaluation.calibration import normal_quantile
+from medad.data.loading import load_splits, load_test_split
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
-from medad.report.figures import map_range, save_heatmap_png
 from medad.report.html import render_report
 from medad.runlock import RunLock
 from medad.train.checkpoint import atomic_write_text
@@ -313,40 +310,6 @@ def evaluate_run(model_dir: str | Path, data: str | Path, out_dir: str | Path | 
 def _run_dir_of(model_dir: str | Path) -> Path:
     path = Path(model_dir)
     return path.parent if path.name == "model" else path
-
-
-def predict_run(model_dir: str | Path, inputs: list[str | Path], out_dir: str | Path) -> Path:
-    """Score image files/folders: ``scores.csv`` plus a heatmap PNG per image for spatial scores.
-
-    ``scores.csv`` has the path, the primary score, the label at the label-free threshold, the
-    calibrated ``normal_quantile`` (share of validation normals scoring lower) and every score."""
-    model = AnomalyDetector.load(model_dir)
-    cfg = model.config.data
-    images = load_images(inputs, image_size=cfg.image_size, channels=cfg.channels,
-                         nifti_slices=cfg.nifti_slices, on_error=cfg.on_error)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = model.score_all(images)
-    primary = outputs[model.primary]
-    scores = primary.scores.cpu().numpy()
-    calibrated = normal_quantile(scores, model.val_scores_) if model.val_scores_ else [None] * len(scores)
-    rows = []
-    for i, image_id in enumerate(images.ids):
-        label = "" if model.threshold_ is None else int(scores[i] > model.threshold_)
-        quantile = "" if calibrated[i] is None else f"{calibrated[i]:.4f}"
-        rows.append([image_id, f"{scores[i]:.6g}", label, quantile, *(f"{o.scores[i]:.6g}" for o in outputs.values())])
-    lines = [["path", "score", "label", "normal_quantile", *outputs]] + rows
-    with open(out / "scores.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows(lines)
-    if primary.maps is not None:
-        maps = primary.maps.cpu().numpy()
-        lo, hi = map_range([ImageResult(id="", score=0.0, anomaly_map=m) for m in maps])
-        heat = out / "heatmaps"
-        heat.mkdir(exist_ok=True)
-        for i, image_id in enumerate(images.ids):
-            name = Path(image_id.split("#")[0]).stem + (f"_{i:05d}" if "#" in image_id else "")
-            save_heatmap_png(_to_uint8(images.images[i]), maps[i], heat / f"{name}.png", lo, hi)
-    return out / "scores.csv"
 
 
 def report_run(run_dir: str | Path) -> Path:

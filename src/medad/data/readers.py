@@ -106,37 +106,48 @@ def is_image_file(path: Path) -> bool:
     return suffix in IMAGE_EXTENSIONS or (suffix == "" and has_dicom_preamble(path))
 
 
-def list_image_files(folder: str | Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name.
+def list_image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files inside ``folder``, sorted by path.
 
-    Hidden files and files with other endings (``.txt``, ``.csv``, ``Thumbs.db``...) are skipped with
-    one info log line each; sub-folders are ignored. A missing folder or one without images raises
-    ``ValueError``.
+    Hidden files and folders and files with other endings (``.txt``, ``.csv``, ``Thumbs.db``...)
+    are skipped with one info log line each. Sub-folders are ignored unless ``recursive`` (then
+    every level is searched, e.g. a DICOM export ``study/series/*.dcm``). A missing folder or one
+    without images raises ``ValueError``.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "b.png").write_bytes(b""), (d / "notes.txt").write_text("")
-    >>> [p.name for p in list_image_files(d)]
-    ['b.png']
+    >>> (d / "s").mkdir(); _ = (d / "s" / "c.png").write_bytes(b"")
+    >>> [p.name for p in list_image_files(d)], [str(p.relative_to(d)) for p in list_image_files(d, recursive=True)]
+    (['b.png'], ['b.png', 's/c.png'])
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder not found: {folder}" if not folder.exists() else f"not a folder: {folder}")
     files = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir():
-            continue
         if path.name.startswith("."):
-            log.info("skipping hidden file %s", path)
+            log.info("skipping hidden %s %s", "folder" if path.is_dir() else "file", path)
+        elif path.is_dir():
+            if recursive:
+                files.extend(_images_below(path))
         elif is_image_file(path):
             files.append(path)
         else:
             log.info("skipping %s (not an image file ending)", path)
     if not files:
         raise ValueError(
-            f"no images found in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} "
-            "and extension-less DICOM files)"
+            f"no images found in {folder}{' or its sub-folders' if recursive else ''} (looked for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} and extension-less DICOM files)"
         )
     return files
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """:func:`list_image_files` of a sub-folder, recursively; an empty sub-folder gives []."""
+    try:
+        return list_image_files(folder, recursive=True)
+    except ValueError:
+        return []
 
 
 def read_images(

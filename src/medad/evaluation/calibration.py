@@ -8,6 +8,9 @@ threshold at quantile q flags images with ``normal_quantile`` above about q.
 
 >>> normal_quantile([0.0, 2.0, 5.0], [1.0, 2.0, 3.0, 4.0])
 array([0.   , 0.375, 1.   ])
+
+The heatmap colour scale is calibrated the same way, once, on the validation normals
+(:func:`normal_map_range`), so that a heatmap looks the same whatever else is predicted with it.
 """
 
 from __future__ import annotations
@@ -28,3 +31,18 @@ def normal_quantile(scores: Sequence[float] | np.ndarray, reference: Sequence[fl
     not_above = np.searchsorted(ref, s, side="right")
     out = (below + not_above) / (2.0 * ref.size)
     return np.where(np.isnan(s), np.nan, out)
+
+
+def normal_map_range(maps: np.ndarray, low: float = 1.0, high: float = 99.9) -> tuple[float, float]:
+    """The heatmap colour scale: the ``low`` and ``high`` percentiles of validation-normal pixel
+    scores (normal tissue maps to the bottom of the scale, lesions saturate it).
+
+    >>> normal_map_range(np.linspace(0, 1, 1001).reshape(1, 1001), 1, 99)
+    (0.01, 0.99)
+    """
+    values = np.asarray(maps, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [low, high])
+    return float(lo), float(max(hi, lo + 1e-12))

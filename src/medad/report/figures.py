@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -30,6 +31,7 @@ from medad.evaluation.records import ImageResult, ResultSet
 DPI = 110
 NORMAL, ABNORMAL, VALIDATION, UNLABELLED = "#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"
 OVERLAY_CMAP, OVERLAY_ALPHA, MASK_COLOUR = "jet", 0.45, "magenta"  # magenta is not in jet
+HEATMAP_MIN_HEIGHT = 256  # px of a predicted heatmap with its colour bar
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -199,9 +201,11 @@ def tiles_png(results: Sequence[ImageResult], vmin: float, vmax: float) -> list[
 
 
 def save_heatmap_png(
-    image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path, vmin: float, vmax: float
+    image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path, vmin: float, vmax: float,
+    colorbar: bool = False,
 ) -> Path:
-    """Write the gallery overlay of one image, without axes, at the image's own pixel size.
+    """Write the gallery overlay of one image, without axes, at the image's own pixel size; with
+    ``colorbar``, at least 256 px tall with the colour scale (``vmin`` .. ``vmax``) at its right.
 
     >>> import numpy as np, tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.png"
@@ -209,8 +213,20 @@ def save_heatmap_png(
     True
     """
     height, width = image_chw_uint8.shape[1:]
-    fig = _figure(width / DPI, height / DPI)
-    draw_overlay(fig.add_axes((0, 0, 1, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
+    if not colorbar:
+        fig = _figure(width / DPI, height / DPI)
+        draw_overlay(fig.add_axes((0, 0, 1, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
+    else:
+        scale = max(1.0, HEATMAP_MIN_HEIGHT / height)
+        image_w, fig_h = scale * width / DPI, scale * height / DPI
+        bar = 0.45 * fig_h  # inches beside the image for the bar and its labels
+        total = image_w + bar
+        fig = _figure(total, fig_h)
+        share = image_w / total
+        draw_overlay(fig.add_axes((0, 0, share, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
+        cax = fig.add_axes((share + 0.1 * bar / total, 0.05, 0.2 * bar / total, 0.9))
+        mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=OVERLAY_CMAP)
+        fig.colorbar(mappable, cax=cax).ax.tick_params(labelsize=6)
     path = Path(path)
     path.write_bytes(_png(fig, dpi=DPI))
     return path
