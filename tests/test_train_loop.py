@@ -41,6 +41,15 @@ def test_loss_decreases_and_history_is_recorded():
     assert all("val_loss" in h and h["images_per_second"] > 0 for h in history)
 
 
+def test_warmup_ramps_the_learning_rate_then_decays_it():
+    data = torch.rand(16, 1, 2, 2)
+    history = train_method(_method(), data, None, _cfg(epochs=6, warmup_epochs=2))
+    lrs = [h["lr"] for h in history]
+    assert lrs == pytest.approx([0.05 * f for f in (1 / 3, 2 / 3, 1.0, 0.8536, 0.5, 0.1464)], rel=1e-3)
+    plain = [h["lr"] for h in train_method(_method(), data, None, _cfg(epochs=6))]
+    assert plain[0] == pytest.approx(0.05) and plain == sorted(plain, reverse=True)  # no warm-up by default
+
+
 def test_same_seed_same_weights():
     data = torch.rand(16, 1, 2, 2)
     a, b = _method(), _method()

@@ -116,6 +116,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-6, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO: 10)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")

@@ -240,6 +240,8 @@ def fingerprint(config: RunConfig, manifest_digest: str) -> str:
     data = config.model_dump(mode="json")
     for key in ("progress", "device", "threads", "checkpoint_every"):
         data["train"].pop(key, None)
+    if data["train"].get("warmup_epochs") == 0:  # added later: off = the runs checkpointed before it
+        data["train"].pop("warmup_epochs")
     data.pop("evaluation", None)
     blob = json.dumps({"config": data, "manifest": manifest_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -46,8 +46,28 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``epoch`` as a share of ``cfg.lr``: a linear warm-up over the first
+    ``warmup_epochs`` (epoch e gets (e + 1) / (W + 1)), then the cosine decay over the remaining
+    epochs (DINO's schedule, Caron et al. 2021) or the constant rate.
+
+    >>> cfg = TrainConfig(epochs=6, warmup_epochs=2)
+    >>> [round(lr_factor(e, cfg), 3) for e in range(6)]
+    [0.333, 0.667, 1.0, 0.854, 0.5, 0.146]
+    """
+    warm = cfg.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / max(cfg.epochs - warm, 1)))
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine decay over all epochs (stepped once per epoch), or a constant rate."""
+    """Cosine decay over all epochs (stepped once per epoch), or a constant rate; with
+    ``warmup_epochs`` a linear warm-up first (:func:`lr_factor`)."""
+    if cfg.warmup_epochs:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -207,6 +227,7 @@ def train_method(
                     if key != "loss":
                         extras[key] = extras.get(key, 0.0) + float(value.detach()) * len(idx)
                 progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             schedule.step()
             progress.remove_task(task)
             seconds = time.perf_counter() - t0
@@ -215,7 +236,7 @@ def train_method(
                 "loss": loss_sum / max(seen, 1),
                 "seconds": seconds,
                 "images_per_second": seen / seconds if seconds > 0 else math.nan,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 **{k: v / max(seen, 1) for k, v in extras.items()},
             }
             if val_images is not None and len(val_images) >= 2:
