@@ -105,6 +105,7 @@ def test_ddad_run_reports_its_diagnostics_and_resumes_from_its_saved_networks(tm
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"ddad_fpi_auroc_intra", "ddad_fpi_auroc_inter", "ddad_fpi_auroc_refined"} <= set(metrics)
+    assert metrics["epochs"] == 0  # method none: nothing was pre-trained, whatever train.epochs says
     saved = sorted(p.name for p in (run / "checkpoints" / "networks").glob("*.pt"))
     assert saved == ["01-ddad_NDM_0.pt", "02-ddad_NDM_1.pt", "03-ddad_UDM_0.pt", "04-ddad_UDM_1.pt",
                      "05-ddad_ASR_Net.pt"]

@@ -181,3 +181,27 @@ def test_save_heatmap_png_keeps_image_size(tmp_path: Path) -> None:
     path = save_heatmap_png(image, np.random.rand(20, 28), tmp_path / "heat.png", 0.0, 1.0)
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size == (56, 40)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"threshold_quantile": 0.95, "specificity": 0.62, "threshold": 1.0, "n_val": 200, "image_auroc": 0.8},
+         ["flags 38% of the test normals"]),
+        ({"threshold_quantile": 0.95, "specificity": 0.90, "threshold": 1.0, "n_val": 200, "image_auroc": 0.45},
+         ["below chance"]),
+        ({"threshold_quantile": 0.95, "specificity": 0.93, "threshold": 1.0, "n_val": 8, "image_auroc": 0.9},
+         ["8 validation normals only"]),
+        ({"threshold_quantile": 0.95, "specificity": 0.93, "threshold": 1.0, "n_val": 200, "image_auroc": 0.9}, []),
+    ],
+)
+def test_the_report_warns_about_a_threshold_that_does_not_transfer_chance_level_and_few_normals(
+    tmp_path: Path, metrics: dict, expected: list[str]
+) -> None:
+    from medad.evaluation.checks import evaluation_warnings
+
+    warnings = evaluation_warnings(metrics)
+    assert len(warnings) == len(expected) and all(e in w for e, w in zip(expected, warnings))
+    page, _ = _render(tmp_path, synthetic_results(), {**METRICS, **metrics})
+    assert page.count('class="warning"') == len(expected)
+    assert all(e in page for e in expected)

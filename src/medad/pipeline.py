@@ -25,6 +25,7 @@ import torch
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_splits, load_test_split
+from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
@@ -108,7 +109,8 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         "n_test_normal": int((labels == 0).sum()),
         "n_test_abnormal": int((labels == 1).sum()),
         "train_seconds": round(model.train_seconds_, 2),
-        "epochs": cfg.train.epochs,
+        "epochs": cfg.train.epochs if model.history_ else 0,  # 0: nothing was pre-trained
+        "threshold_quantile": cfg.evaluation.threshold_quantile,
         "select_by": cfg.train.select_by,
         "selected_epoch": model.selected_epoch,
         "image_size": cfg.data.image_size,
@@ -199,6 +201,8 @@ def write_evaluation(
     metrics.update(diagnostics or {})
     if labelled_val is not None and results.with_role("test").has_labels():
         metrics["labelled_val"] = labelled_val_block(model, labelled_val, results.with_role("test"))
+    for warning in evaluation_warnings(metrics):
+        log.warning(warning)
     atomic_write_text(out_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
     # Keep maps and masks only where the report shows them; metrics above used them all.
     for r in results:

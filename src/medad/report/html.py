@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from medad import __version__
+from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.report import figures
 
@@ -49,7 +50,7 @@ LABELS = {
     "image_auroc": "Image AUROC",
     "image_ap": "Image AP",
     "pixel_auroc": "Pixel AUROC",
-    "sensitivity": "Sensitivity",
+    "sensitivity": "Sensitivity (true-positive rate)",
     "specificity": "Specificity",
     "accuracy": "Accuracy",
     "threshold": "Threshold",
@@ -85,6 +86,7 @@ figure.tile{margin:0}
 figure.tile img{width:100%;height:auto;border:1px solid #e1e4e8;border-radius:4px}
 figure.tile figcaption{font-size:.78rem;color:#3b444d;text-align:center;overflow-wrap:anywhere}
 .note{color:#5c6670;font-style:italic}
+.warning{background:#fff4e5;border-left:4px solid #e8a33d;padding:.5em .8em}
 pre{background:#f3f4f6;padding:.8rem;overflow:auto;font-size:.85rem}
 """
 
@@ -168,7 +170,8 @@ def _summary(results: ResultSet, metrics: dict) -> str:
     sentence = f"Threshold and predictions use the <b>{detector}</b> score"
     if others:
         sentence += f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} shown for comparison"
-    return _section("summary", f"<p>{sentence}.</p>\n{_table(None, rows)}")
+    warnings = "".join(f'<p class="warning">⚠ {escape(w)}</p>\n' for w in evaluation_warnings(metrics))
+    return _section("summary", f"{warnings}<p>{sentence}.</p>\n{_table(None, rows)}")
 
 
 def _threshold(metrics: dict) -> str:
@@ -301,11 +304,13 @@ def _training(history: list[dict] | None) -> str:
     table = ""
     if rows:
         table = (
-            "<p>Checkpoints: the sensitivity score is the AUROC separating held-out training normals from "
+            "<p>Checkpoints: the <i>sensitivity score</i> (label-free; not the true-positive rate above) is "
+            "the AUROC separating held-out training normals from "
             "validation normals (no abnormal image involved), with its Hanley–McNeil standard error; with "
             "<code>train.select_by: sensitivity</code> the highest-scoring checkpoint replaces the last epoch "
             "only if it scores higher by more than <code>train.select_margin</code> standard errors.</p>"
-            + _table(["epoch", "training loss", "validation loss", "sensitivity", "standard error", ""], rows)
+            + _table(["epoch", "training loss", "validation loss", "sensitivity score (label-free)",
+                      "standard error", ""], rows)
         )
     return _section("training", _img(figures.loss_png(history), "loss per epoch") + table)
 

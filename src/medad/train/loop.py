@@ -253,7 +253,7 @@ def train_method(
                 cfg.epochs,
                 record["loss"],
                 f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
-                f"  sensitivity {record['sensitivity']:.4f}" if "sensitivity" in record else "",
+                f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
                 record["images_per_second"],
             )
             if checkpoint_epoch:
@@ -264,6 +264,6 @@ def train_method(
             method.load_state_dict(best["state"])
         for record in history:
             record["selected"] = record["epoch"] == chosen
-        log.info("selected epoch %d (best sensitivity %.4f at epoch %d)", chosen, best["value"], best["epoch"])
+        log.info("selected epoch %d (best sensitivity score %.4f at epoch %d)", chosen, best["value"], best["epoch"])
     method.eval()
     return history
