@@ -50,12 +50,6 @@ def ssim_components(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) 
     return luminance, cs
 
 
-def ssim_map(x: Tensor, y: Tensor, window: int = 11) -> Tensor:
-    """Per-pixel SSIM ``[N, H, W]`` (mean over channels)."""
-    luminance, cs = ssim_components(x, y, window)
-    return (luminance * cs).mean(1)
-
-
 def _scale_terms(x: Tensor, y: Tensor, window: int, max_scales: int) -> Iterator[tuple[Tensor, Tensor]]:
     """(weight w_j, term map ``[N, C, h_j, w_j]``) per scale: cs_j, and l_M · cs_M at the coarsest."""
     size = min(x.shape[-2:])
