@@ -160,6 +160,10 @@ def test_auxiliary_images_become_negatives(tmp_path) -> None:
     assert all(any(torch.equal(row, a) for a in aux) for row in negatives)
     shifted = small_method(aux_path=str(tmp_path), aux_fraction=1.0, negatives=["pixel_shuffle"]).negative_images(x)
     assert not any(torch.equal(row, a) for row in shifted for a in aux)
+    # the run's preprocessing (AnomalyDetector.prepare, set by fit) reaches the auxiliary images
+    prepared = small_method(aux_path=str(tmp_path), aux_fraction=1.0, aux_shift=False)
+    prepared.prepare = lambda images: 1 - images.images
+    assert torch.allclose(prepared.aux_images(x), 1 - aux)
 
 
 def test_params_are_validated_and_the_method_is_registered() -> None:

@@ -192,6 +192,7 @@ class AnomalyDetector:
         t0 = time.perf_counter()
         encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
         method = build_method(cfg.method, encoder)
+        method.prepare = self.prepare
         can_score = len(val) >= 1 and len(train) >= 4 and cfg.train.sensitivity_holdout > 0 and cfg.train.epochs > 0
         pretrain = method.trains and any(detector_class(name).needs_encoder for name in self.score_names())
         if method.trains and not pretrain:

@@ -324,12 +324,16 @@ class DinoNegMethod(PretrainMethod):
         return shifted if p.aux_shift else torch.where(use_aux, base, shifted)
 
     def aux_images(self, like: Tensor) -> Tensor:
-        """The auxiliary images at the size and channels of ``like`` (read once, kept on the CPU)."""
+        """The auxiliary images at the size and channels of ``like`` (read once, kept on the CPU),
+        through the run's preprocessing (``self.prepare``, with its intensity scaling) when set."""
         if self._aux is None or self._aux.shape[1:] != like.shape[1:]:
             if like.shape[-1] != like.shape[-2]:
                 raise ValueError(f"auxiliary negatives need square batches, got {tuple(like.shape[-2:])}")
             loaded = load_images([self.params.aux_path], image_size=like.shape[-1], channels=like.shape[1])
-            self._aux = loaded.images
+            self._aux = loaded.images if self.prepare is None else self.prepare(loaded).cpu()
+            if self._aux.shape[1:] != like.shape[1:]:
+                raise ValueError(f"auxiliary negatives of shape {tuple(self._aux.shape[1:])} do not match the "
+                                 f"batches {tuple(like.shape[1:])}")
         return self._aux
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
