@@ -177,6 +177,31 @@ def predict(
 
 
 @app.command()
+def export(
+    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
+    out: Path = typer.Option(..., help="The file to write, e.g. model.onnx."),
+    format: str = typer.Option("onnx", help="onnx (the only format so far)."),
+    check: Path | None = typer.Option(None, help="Images (file or folder) to compare onnxruntime with PyTorch on."),
+) -> None:
+    """Export a model as one ONNX graph: prepared image batch -> image score (and anomaly map).
+
+    Example:
+
+        medad export --model runs/chest --out runs/chest/model.onnx --check ../shared/data/some/images
+    """
+    from medad.export import export_onnx
+
+    try:
+        if format != "onnx":
+            raise ValueError(f"unknown --format {format!r}: onnx is the only export format")
+        result = export_onnx(model, out, check_images=check)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"exported: {result.path} (onnxruntime vs PyTorch on the image scores: max abs diff "
+                  f"{result.max_abs_diff:.3g}, relative {result.max_rel_diff:.3g})")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="Run (or eval) directory with predictions.npz.")) -> None:
     """Re-render report.html from a run's saved predictions and metrics.
 

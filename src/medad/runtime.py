@@ -42,3 +42,13 @@ def set_threads(threads: int | None) -> None:
     """Limit torch's intra-op threads (``None`` keeps torch's default)."""
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def batches(x: torch.Tensor, size: int, dim: int = 0) -> tuple[torch.Tensor, ...]:
+    """``x.split(size, dim)``, or ``(x,)`` while a graph is being exported (``torch.onnx``), where
+    the batch is symbolic and the caller of the graph feeds the batches itself.
+
+    >>> [len(b) for b in batches(torch.zeros(5, 2), 2)]
+    [2, 2, 1]
+    """
+    return (x,) if torch.onnx.is_in_onnx_export() else x.split(size, dim)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from medad.augment.context import context_transform
 from medad.augment.tta import tta_view
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
-from medad.runtime import module_device
+from medad.runtime import batches, module_device
 
 
 class EmbeddingParams(DetectorParams):
@@ -78,7 +78,7 @@ def embed_view(
     encoder.eval()
     try:
         parts = []
-        for batch in images.split(batch_size):
+        for batch in batches(images, batch_size):
             batch = batch.to(device)
             out = encoder(tta_view(transform(batch) if transform else batch, k, seed))
             if out.ndim != 2:

@@ -23,6 +23,7 @@ from torch import Tensor
 from medad.detectors.base import DetectorParams
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
 from medad.detectors.neighbours import NeighbourIndex, Search
+from medad.runtime import batches
 
 # similarities held in memory at once while scoring: views x query chunk x training images
 CHUNK_ELEMENTS = 1 << 24
@@ -39,7 +40,7 @@ def reduce_cosine_similarities(z: Tensor, bank: Tensor, reduce: Callable[[Tensor
     views, n_bank = bank.shape[:2]
     query = F.normalize(z.to(bank.dtype), dim=-1)
     chunk = max(1, CHUNK_ELEMENTS // (views * n_bank))
-    return torch.cat([reduce(part @ bank.transpose(1, 2)) for part in query.split(chunk, dim=1)], dim=1)
+    return torch.cat([reduce(part @ bank.transpose(1, 2)) for part in batches(query, chunk, dim=1)], dim=1)
 
 
 class NearestNeighbourParams(EmbeddingParams):

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medad.runtime import batches
+
 Search = Literal["faiss", "faiss-ivf", "torch"]
 CHUNK_ELEMENTS = 1 << 24  # similarities held at once by the torch path: query chunk x bank size
 IVF_TRAIN_POINTS = 64  # per cell: faiss-ivf's k-means sees at most 64 x nlist bank rows
@@ -68,10 +70,10 @@ class NeighbourIndex:
         descending, in the query's dtype and device."""
         if not 1 <= k <= len(self):
             raise ValueError(f"k={k} neighbours need 1 <= k <= {len(self)} (the bank size)")
-        if self.index is None:
+        if self.index is None or torch.onnx.is_in_onnx_export():  # faiss is not part of an exported graph
             q = query.to(self.bank.device, self.bank.dtype)
             chunk = max(1, CHUNK_ELEMENTS // len(self.bank))
-            parts = [(part @ self.bank.T).topk(k, dim=-1).values for part in q.split(chunk)]
+            parts = [(part @ self.bank.T).topk(k, dim=-1).values for part in batches(q, chunk)]
             sims = torch.cat(parts) if parts else q.new_zeros(0, k)
             return sims.to(query.device, query.dtype)
         data = np.ascontiguousarray(query.detach().cpu().numpy(), dtype=np.float32)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
 from medad.detectors.maps import reduce_maps, smooth_maps
 from medad.linalg import spd_inverse
-from medad.runtime import module_device
+from medad.runtime import batches, module_device
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class PadimDetector(Detector):
         encoder.eval()
         try:
             out = []
-            for batch in images.split(self.params.batch_size):
+            for batch in batches(images, self.params.batch_size):
                 features = patch_embeddings(batch.to(device), encoder, self.params.layers, self.index)
                 if not torch.isfinite(features).all():
                     raise ValueError("the encoder produced NaN/Inf feature maps")

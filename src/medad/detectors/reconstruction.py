@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.runtime import batches
 from medad.detectors.maps import Reduction, reduce_maps
 
 
@@ -98,6 +99,6 @@ class ReconstructionDetector(Detector):
         if (images.shape[1], images.shape[-1]) != expected:
             raise ValueError(f"{self.name} was fitted on [C, S] = {list(expected)} images, got {tuple(images.shape)}")
         self.eval()
-        batches = images.split(self.params.batch_size)
-        maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu() for b in batches])
+        maps = torch.cat([self.anomaly_map(b.to(self.device)).float().cpu()
+                          for b in batches(images, self.params.batch_size)])
         return DetectorOutput(scores=reduce_maps(maps, self.params.reduction), maps=maps)

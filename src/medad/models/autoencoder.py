@@ -99,7 +99,7 @@ class ConvAutoEncoder(nn.Module):
         attention = None
         if self.memory is not None:
             z, attention = self.memory(z)
-        out = self.decoder(self.bottleneck_out(z).view(len(x), CHANNELS[-1], self.grid, self.grid))
+        out = self.decoder(self.bottleneck_out(z).unflatten(1, (CHANNELS[-1], self.grid, self.grid)))
         if self.uncertainty:
             return AEOutput(out[:, : self.channels], out[:, self.channels :], attention)
         return AEOutput(out, None, attention)

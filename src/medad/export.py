@@ -1,0 +1,144 @@
+"""``medad export``: a saved model as one ONNX graph, from the prepared image batch to the image
+score (and the anomaly map for spatial detectors).
+
+The graph's input ``image`` is ``[B, C, S, S]`` float32 in [0, 1], as
+:meth:`medad.model.AnomalyDetector.prepare` makes it (size, channels and ``data.intensity``
+scaling, described in the metadata); its outputs are ``score [B]`` and, for a spatial primary
+detector, ``anomaly_map [B, S, S]``. The ONNX metadata (``metadata_props["medad"]``, JSON) holds
+the preprocessing, the label-free thresholds, the heatmap colour scale and the validation-normal
+scores (for :func:`medad.evaluation.calibration.normal_quantile`). Export traces the product's own
+scoring code (:meth:`AnomalyDetector._score`), then checks that onnxruntime reproduces PyTorch.
+
+Exported: the embedding scores (``mahalanobis``, ``lh``, ``nnd``, ``cosine``) without test-time
+augmentation or contexts, ``padim``, and the autoencoders (``ae``, ``ae_u``, ``memae``,
+``msssim_ae``); a map blur (``maps.smooth``) is part of the graph. Refused, with the reason:
+detectors and map steps that are not tensor operations (``maps.foreground`` and the ``dae``'s
+foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not supported yet).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medad import __version__
+from medad.detectors.embedding import EmbeddingDetector
+from medad.model import AnomalyDetector
+
+EXPORTABLE_SPATIAL = frozenset({"padim", "ae", "ae_u", "memae", "msssim_ae"})
+REFUSED = {
+    "dae": "its input foreground mask fills holes with scipy, which is not a graph operation",
+    "ddad": "its ensembles and ASR-Net are not wired for export yet",
+    "igd": "its scoring is not wired for export yet",
+    "fanogan": "its scoring is not wired for export yet",
+    "intensity": "it is a baseline; its map is the image itself",
+}
+RELATIVE_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """The model cannot be expressed as one graph; the message says why."""
+
+
+def check_exportable(model: AnomalyDetector) -> None:
+    """Raise :class:`ExportError` unless the model's primary score can be exported."""
+    name = model.primary
+    det = model.detectors_[name]
+    if name in REFUSED:
+        raise ExportError(f"detector {name!r} cannot be exported: {REFUSED[name]}")
+    if isinstance(det, EmbeddingDetector):
+        if det.params.n_views != 1:
+            raise ExportError(f"detector {name!r} uses {det.params.n_views} views (tta / contexts): export scores "
+                              "one view; refit with tta: 0 and contexts: [] to export")
+    elif name not in EXPORTABLE_SPATIAL:
+        raise ExportError(f"detector {name!r} cannot be exported (supported: embedding scores, "
+                          f"{', '.join(sorted(EXPORTABLE_SPATIAL))})")
+    if model.config.maps.foreground is not None:
+        raise ExportError("maps.foreground cannot be exported: the foreground mask fills holes with scipy; "
+                          "export a model fitted without it, or score with `medad predict`")
+
+
+class ScoreGraph(nn.Module):
+    """The primary score of a fitted model as a module: ``image -> (score[, anomaly_map])``."""
+
+    def __init__(self, model: AnomalyDetector):
+        super().__init__()
+        check_exportable(model)
+        self.model = model
+        self.encoder = model.encoder_  # registered, so that the exporter sees the weights
+        self.detectors = model.detectors_
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        out = self.model._score(image, [self.model.primary])[self.model.primary]
+        score = out.scores.float()
+        return (score,) if out.maps is None else (score, out.maps.float())
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    max_abs_diff: float  # of the image scores, onnxruntime against PyTorch, on the check images
+    max_rel_diff: float  # the same divided by the largest absolute score
+
+
+def metadata(model: AnomalyDetector, spatial: bool) -> dict[str, Any]:
+    """What a user of the graph needs besides the weights (stored as JSON in the ONNX file)."""
+    data = model.config.data
+    return {
+        "medad_version": __version__,
+        "primary": model.primary,
+        "input": {"name": "image", "layout": "NCHW float32 in [0, 1]", "image_size": data.image_size,
+                  "channels": data.channels, "intensity": data.intensity},
+        "outputs": ["score", "anomaly_map"] if spatial else ["score"],
+        "threshold": model.threshold_,
+        "threshold_rule": model.threshold_rule_,
+        "pixel_threshold": model.pixel_threshold_,
+        "map_range": model.map_range_,
+        "val_scores": model.val_scores_,
+        "config": model.config.model_dump(mode="json"),
+    }
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, check_images: Any = None, opset: int = 17) -> ExportResult:
+    """Export the model in ``model_dir`` to ``out`` (.onnx) and check it with onnxruntime on
+    ``check_images`` (anything :meth:`AnomalyDetector.prepare` accepts; default: 4 random images)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = AnomalyDetector.load(model_dir, "cpu")
+    graph = ScoreGraph(model).eval()
+    data = model.config.data
+    size, channels = data.image_size, data.channels
+    example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    check = example if check_images is None else model.prepare(check_images)
+    with torch.no_grad():
+        reference = graph(check)
+    spatial = len(reference) == 2
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = ["score", "anomaly_map"] if spatial else ["score"]
+    axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values taken as constants
+        torch.onnx.export(graph, (example,), str(out), input_names=["image"], output_names=names,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+    proto = onnx.load(str(out))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "medad", json.dumps(metadata(model, spatial))
+    onnx.save(proto, str(out))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": check.numpy().astype(np.float32)})
+    diff = float(np.abs(got[0] - reference[0].numpy()).max())
+    rel = diff / max(float(reference[0].abs().max()), 1e-12)
+    if rel > RELATIVE_TOLERANCE:
+        out.unlink()
+        raise ExportError(f"onnxruntime disagrees with PyTorch on the image scores (max abs diff {diff:.3g}, "
+                          f"relative {rel:.3g} > {RELATIVE_TOLERANCE}); nothing was written")
+    return ExportResult(out, diff, rel)

@@ -1,0 +1,91 @@
+"""ONNX export: onnxruntime reproduces the PyTorch scores and maps at any batch size, the metadata
+carries what the graph needs, and models that cannot be one graph are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from medad import AnomalyDetector
+from medad.cli import app
+from medad.config import RunConfig
+from medad.data.synthetic import make_phantoms
+from medad.export import ExportError, export_onnx
+
+NORMALS = make_phantoms(24, 32, seed=0)[0]
+TEST = make_phantoms(5, 32, seed=1, lesion=True)[0]
+
+
+def _fitted(tmp_path, detector: str, params: dict | None = None, **extra) -> tuple[AnomalyDetector, object]:
+    cfg = RunConfig.model_validate({
+        "data": {"image_size": 32, "val_fraction": 0.25}, "encoder": {"width": 8}, "method": {"name": "none"},
+        "detector": {"name": detector, "params": params or {}}, "train": {"epochs": 0, "progress": False}, **extra,
+    })
+    model = AnomalyDetector(cfg).fit(NORMALS)
+    model.save(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+@pytest.mark.parametrize(("detector", "params", "extra"), [
+    ("mahalanobis", {}, {}),
+    ("nnd", {"k": 2}, {}),
+    ("padim", {"d": 16}, {"maps": {"smooth": 8.0}}),
+    ("ae", {"epochs": 1, "batch_size": 8}, {}),
+])
+def test_onnxruntime_reproduces_scores_and_maps(tmp_path, detector, params, extra) -> None:
+    model, folder = _fitted(tmp_path, detector, params, **extra)
+    result = export_onnx(folder, tmp_path / "m.onnx", check_images=TEST[:3])
+    assert result.path.is_file() and result.max_rel_diff <= 1e-4
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": model.prepare(TEST).numpy()})  # another batch size than the check
+    expected = model.decision_function(TEST)
+    assert np.allclose(outputs[0], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    spatial = detector in ("padim", "ae")
+    assert len(outputs) == (2 if spatial else 1)
+    if spatial:
+        assert np.allclose(outputs[1], model.anomaly_map(TEST), rtol=1e-4, atol=1e-5)
+    meta = json.loads({p.key: p.value for p in onnx.load(str(result.path)).metadata_props}["medad"])
+    assert meta["primary"] == detector and meta["threshold"] == pytest.approx(model.threshold_)
+    assert meta["input"]["image_size"] == 32 and meta["val_scores"] == pytest.approx(model.val_scores_)
+    assert meta["outputs"] == (["score", "anomaly_map"] if spatial else ["score"])
+
+
+@pytest.mark.parametrize(("detector", "params", "extra", "reason"), [
+    ("dae", {"epochs": 1, "widths": [4, 8]}, {}, "fills holes with scipy"),
+    ("nnd", {"tta": 2}, {}, "tta / contexts"),
+    ("padim", {"d": 16}, {"maps": {"foreground": 0.1}}, "maps.foreground"),
+])
+def test_models_that_are_not_one_graph_are_refused_with_the_reason(tmp_path, detector, params, extra, reason):
+    _, folder = _fitted(tmp_path, detector, params, **extra)
+    with pytest.raises(ExportError, match=reason):
+        export_onnx(folder, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export(tmp_path) -> None:
+    _, folder = _fitted(tmp_path, "mahalanobis")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--model", str(folder), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 0 and "max abs diff" in result.output and (tmp_path / "x.onnx").is_file()
+    result = runner.invoke(app, ["export", "--model", str(folder), "--out", str(tmp_path / "y.pt"), "--format", "pt"])
+    assert result.exit_code != 0 and "onnx is the only" in " ".join(result.output.split())
+
+
+@pytest.mark.integration
+def test_export_agrees_on_real_images(shared_data, tmp_path) -> None:
+    data = shared_data / "lgg_brain_mri_mini"
+    cfg = RunConfig.model_validate({
+        "data": {"path": str(data), "image_size": 64, "channels": 3}, "encoder": {"width": 8},
+        "method": {"name": "none"}, "detector": {"name": "padim", "params": {"d": 32}},
+        "train": {"epochs": 0, "progress": False},
+    })
+    model = AnomalyDetector(cfg).fit(data / "train" / "good")
+    model.save(tmp_path / "model")
+    result = export_onnx(tmp_path / "model", tmp_path / "m.onnx", check_images=data / "test" / "tumor")
+    print(f"real images: max abs diff {result.max_abs_diff:.3g}, relative {result.max_rel_diff:.3g}")
+    assert result.max_rel_diff <= 1e-4
