@@ -67,6 +67,30 @@ def test_models_that_are_not_one_graph_are_refused_with_the_reason(tmp_path, det
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path) -> None:
+    import csv
+
+    from PIL import Image
+
+    from medad.prediction import predict_run
+
+    model, folder = _fitted(tmp_path, "padim", {"d": 16})
+    export_onnx(folder, tmp_path / "m.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, x in enumerate(TEST):
+        Image.fromarray((x[0].numpy() * 255).round().astype(np.uint8)).save(images / f"{i}.png")
+    rows = {}
+    for name, source in (("torch", folder), ("onnx", tmp_path / "m.onnx")):
+        with open(predict_run(source, [images], tmp_path / name)) as fh:
+            rows[name] = list(csv.DictReader(fh))
+        assert len(list((tmp_path / name / "heatmaps" / "images").glob("*.png"))) == 5
+    for a, b in zip(rows["torch"], rows["onnx"]):
+        assert a["path"] == b["path"] and a["label"] == b["label"]
+        assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
+        assert float(a["normal_quantile"]) == pytest.approx(float(b["normal_quantile"]), abs=1e-3)
+
+
 def test_cli_export(tmp_path) -> None:
     _, folder = _fitted(tmp_path, "mahalanobis")
     runner = CliRunner()

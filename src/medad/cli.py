@@ -150,7 +150,8 @@ def evaluate(
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
+    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`, or an .onnx "
+                                         "file from `medad export`."),
     out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores)."),
     batch_size: int = typer.Option(64, help="Images read and scored at a time."),
     scores: str = typer.Option("primary", help="Scores to compute: primary (the model's own) or all."),

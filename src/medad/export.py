@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from medad import __version__
+from medad.config import RunConfig
+from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector
 from medad.model import AnomalyDetector
 
@@ -142,3 +144,39 @@ def export_onnx(model_dir: str | Path, out: str | Path, check_images: Any = None
         raise ExportError(f"onnxruntime disagrees with PyTorch on the image scores (max abs diff {diff:.3g}, "
                           f"relative {rel:.3g} > {RELATIVE_TOLERANCE}); nothing was written")
     return ExportResult(out, diff, rel)
+
+
+class OnnxModel:
+    """An exported graph with the parts of :class:`AnomalyDetector` that ``medad predict`` reads:
+    ``config``, ``primary``, ``prepare``, ``score_all``, the thresholds, the validation-normal
+    scores and the colour scale, all from the file's metadata."""
+
+    def __init__(self, path: str | Path):
+        import onnx
+        import onnxruntime as ort
+
+        path = Path(path)
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if "medad" not in props:
+            raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")
+        meta = json.loads(props["medad"])
+        self.config = RunConfig.model_validate(meta["config"])
+        self.primary: str = meta["primary"]
+        self.threshold_: float | None = meta["threshold"]
+        self.pixel_threshold_: float | None = meta["pixel_threshold"]
+        self.val_scores_: list[float] = meta["val_scores"]
+        self.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
+        self.detectors_ = {self.primary: None}
+        self._preprocess = AnomalyDetector(self.config)  # unfitted: its prepare() reads the config only
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def prepare(self, images: Any) -> Tensor:
+        return self._preprocess.prepare(images)
+
+    def score_all(self, images: Any, names: Any = None) -> dict[str, DetectorOutput]:
+        """The primary score (and map) of ``images``; the graph holds no other score."""
+        if names is not None and set(names) - {self.primary}:
+            raise ValueError(f"an exported model computes its primary score {self.primary!r} only")
+        outputs = self.session.run(None, {"image": self.prepare(images).numpy()})
+        maps = torch.from_numpy(outputs[1]) if len(outputs) > 1 else None
+        return {self.primary: DetectorOutput(scores=torch.from_numpy(outputs[0]).double(), maps=maps)}

@@ -80,11 +80,19 @@ def predict_run(
     device: str | None = None,
     progress: bool | None = None,
 ) -> Path:
-    """Score the images under ``inputs`` with the model in ``model_dir`` (on ``device``, default
-    the model's own); returns the path of ``scores.csv``."""
+    """Score the images under ``inputs`` with the model in ``model_dir`` (a run or model folder, on
+    ``device``, default the model's own; or an ``.onnx`` file from ``medad export``, run by
+    onnxruntime on the CPU); returns the path of ``scores.csv``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = AnomalyDetector.load(model_dir, device)
+    if Path(model_dir).suffix == ".onnx":  # an exported graph (`medad export`): its primary score only
+        from medad.export import OnnxModel
+
+        model: AnomalyDetector | OnnxModel = OnnxModel(model_dir)
+        if scores == "all":
+            log.warning("an exported model holds its primary score only: --scores all gives %r", model.primary)
+    else:
+        model = AnomalyDetector.load(model_dir, device)
     cfg = model.config.data
     files = output_names(inputs)
     names = list(model.detectors_) if scores == "all" else [model.primary]
