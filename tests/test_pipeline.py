@@ -221,7 +221,8 @@ def test_checkpoint_selection_by_sensitivity(dataset, tmp_path):
     assert metrics["sensitivity_score_se"] == used["sensitivity_se"]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "sensitivity score is the AUROC" in html and "standard error" in html
+    assert "sensitivity score</i> (label-free; not the true-positive rate above) is the AUROC" in html
+    assert "standard error" in html
 
 
 def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):

@@ -28,7 +28,7 @@ from medad.data.readers import list_image_files
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.progress import progress_bar
-from medad.report.figures import save_heatmap_png
+from medad.report.figures import HeatmapWriter
 
 log = logging.getLogger("medad")
 
@@ -78,6 +78,7 @@ def predict_run(
     batch_size: int = 64,
     scores: Literal["primary", "all"] = "primary",
     device: str | None = None,
+    heatmaps: bool = True,
     progress: bool | None = None,
 ) -> Path:
     """Score the images under ``inputs`` with the model in ``model_dir`` (a run or model folder, on
@@ -98,7 +99,7 @@ def predict_run(
     names = list(model.detectors_) if scores == "all" else [model.primary]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    colour_range = model.map_range_
+    painter: HeatmapWriter | None = None
     scored = skipped = 0
     with open(out / "scores.csv", "w", newline="") as fh, progress_bar(progress) as bar:
         writer = csv.writer(fh)
@@ -122,14 +123,15 @@ def predict_run(
                 writer.writerow([image_id, f"{values[i]:.6g}", label, quantile,
                                  *(f"{o.scores[i]:.6g}" for o in outputs.values())])
             fh.flush()
-            if primary.maps is not None:
+            if heatmaps and primary.maps is not None:
                 maps = primary.maps.cpu().numpy()
-                if colour_range is None:  # a model saved before the colour scale was stored
-                    colour_range = normal_map_range(maps)
-                    log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
-                                "scale of every heatmap is taken from the first batch; train again to fix it")
-                _save_heatmaps(out / "heatmaps", images.ids, images.images, maps, dict(
-                    (str(f), name) for f, name in chunk), colour_range)
+                if painter is None:
+                    if model.map_range_ is None:  # a model saved before the colour scale was stored
+                        log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
+                                    "scale of every heatmap is taken from the first batch; train again to fix it")
+                    painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
+                _save_heatmaps(out / "heatmaps", images.ids, images.images, maps,
+                               {str(f): name for f, name in chunk}, painter)
             scored += len(images)
     if scored == 0:
         raise ValueError(f"none of the {len(files)} given images could be read")
@@ -139,9 +141,8 @@ def predict_run(
 
 
 def _save_heatmaps(folder: Path, ids: Sequence[str], images: torch.Tensor, maps: np.ndarray,
-                   names: dict[str, Path], colour_range: tuple[float, float]) -> None:
+                   names: dict[str, Path], painter: HeatmapWriter) -> None:
     """One PNG per image at ``folder / name`` (``name_<slice>`` for the slices of a volume)."""
-    lo, hi = colour_range
     for i, image_id in enumerate(ids):
         source, _, slice_no = image_id.partition("#")
         name = names[source]
@@ -149,4 +150,4 @@ def _save_heatmaps(folder: Path, ids: Sequence[str], images: torch.Tensor, maps:
         path = folder / name.with_name(f"{stem}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = (images[i].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        save_heatmap_png(pixels, maps[i], path, lo, hi, colorbar=True)
+        painter.save(pixels, maps[i], path)

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image as PILImage
 from sklearn.metrics import auc, roc_curve
 
 from medad.evaluation.records import ImageResult, ResultSet
@@ -201,11 +203,9 @@ def tiles_png(results: Sequence[ImageResult], vmin: float, vmax: float) -> list[
 
 
 def save_heatmap_png(
-    image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path, vmin: float, vmax: float,
-    colorbar: bool = False,
+    image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path, vmin: float, vmax: float
 ) -> Path:
-    """Write the gallery overlay of one image, without axes, at the image's own pixel size; with
-    ``colorbar``, at least 256 px tall with the colour scale (``vmin`` .. ``vmax``) at its right.
+    """Write the gallery overlay of one image, without axes, at the image's own pixel size.
 
     >>> import numpy as np, tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.png"
@@ -213,23 +213,57 @@ def save_heatmap_png(
     True
     """
     height, width = image_chw_uint8.shape[1:]
-    if not colorbar:
-        fig = _figure(width / DPI, height / DPI)
-        draw_overlay(fig.add_axes((0, 0, 1, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
-    else:
-        scale = max(1.0, HEATMAP_MIN_HEIGHT / height)
-        image_w, fig_h = scale * width / DPI, scale * height / DPI
-        bar = 0.45 * fig_h  # inches beside the image for the bar and its labels
-        total = image_w + bar
-        fig = _figure(total, fig_h)
-        share = image_w / total
-        draw_overlay(fig.add_axes((0, 0, share, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
-        cax = fig.add_axes((share + 0.1 * bar / total, 0.05, 0.2 * bar / total, 0.9))
-        mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=OVERLAY_CMAP)
-        fig.colorbar(mappable, cax=cax).ax.tick_params(labelsize=6)
+    fig = _figure(width / DPI, height / DPI)
+    draw_overlay(fig.add_axes((0, 0, 1, 1)), image_chw_uint8, anomaly_map, vmin, vmax)
     path = Path(path)
     path.write_bytes(_png(fig, dpi=DPI))
     return path
+
+
+class HeatmapWriter:
+    """Heatmap PNGs with a colour bar for many images on one fixed scale (``medad predict``).
+
+    The overlay is the gallery's (``OVERLAY_CMAP`` at ``OVERLAY_ALPHA`` over the image, the map
+    stretched onto it) but blended with numpy and written by PIL, at least ``HEATMAP_MIN_HEIGHT``
+    px tall; the colour bar is drawn once by matplotlib per height and reused — about 10x faster
+    than a matplotlib figure per image.
+
+    >>> import numpy as np, tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.png"
+    >>> HeatmapWriter(0.0, 1.0).save(np.zeros((1, 32, 32), np.uint8), np.random.rand(8, 8), out).exists()
+    True
+    """
+
+    def __init__(self, vmin: float, vmax: float):
+        self.vmin, self.vmax = float(vmin), float(max(vmax, vmin + 1e-12))
+        self._cmap = colormaps[OVERLAY_CMAP]
+        self._bars: dict[int, np.ndarray] = {}
+
+    def bar(self, height: int) -> np.ndarray:
+        """The colour bar with its labels, ``[height, w, 3]`` uint8."""
+        if height not in self._bars:
+            fig = _figure(0.45 * height / DPI, height / DPI)
+            cax = fig.add_axes((0.1, 0.05, 0.2, 0.9))
+            mappable = ScalarMappable(norm=Normalize(vmin=self.vmin, vmax=self.vmax), cmap=OVERLAY_CMAP)
+            fig.colorbar(mappable, cax=cax).ax.tick_params(labelsize=6)
+            rgb = np.asarray(PILImage.open(io.BytesIO(_png(fig, dpi=DPI))).convert("RGB"))
+            self._bars[height] = rgb[:height]
+        return self._bars[height]
+
+    def save(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path) -> Path:
+        height, width = image_chw_uint8.shape[1:]
+        scale = max(1, -(-HEATMAP_MIN_HEIGHT // height))  # integer zoom to at least the minimum height
+        rgb = image_chw_uint8.transpose(1, 2, 0) if image_chw_uint8.shape[0] == 3 else \
+            np.repeat(image_chw_uint8[0][..., None], 3, axis=2)
+        rgb = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)).astype(np.float32)
+        h, w = rgb.shape[:2]
+        stretched = np.asarray(PILImage.fromarray(np.asarray(anomaly_map, np.float32)).resize((w, h), PILImage.NEAREST))
+        colours = self._cmap(np.clip((stretched - self.vmin) / (self.vmax - self.vmin), 0, 1))[..., :3] * 255
+        blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours
+        canvas = np.concatenate([blended.round().astype(np.uint8), self.bar(h)], axis=1)
+        path = Path(path)
+        PILImage.fromarray(canvas).save(path, compress_level=1)
+        return path
 
 
 def projection_png(results: ResultSet) -> bytes:
