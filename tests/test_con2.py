@@ -95,6 +95,11 @@ def test_alpha_is_annealed_linearly_by_the_training_loop() -> None:
     )
     # progress before each of the 2 x 2 steps: 0, 1/4 | 2/4, 3/4 -> epoch means 1/8 and 5/8
     assert [h["alpha"] for h in history] == pytest.approx([0.125, 0.625])
+    quick = _method(proj_dim=8, alpha=2.0, alpha_ramp=0.5)  # full weight from half-way on
+    quick.on_train_step(0.25)
+    assert quick.content_weight == pytest.approx(1.0)
+    quick.on_train_step(0.75)
+    assert quick.content_weight == 2.0
 
 
 def test_a_few_steps_reduce_the_loss() -> None:

@@ -119,6 +119,8 @@ class CON2Params(ContrastiveParams):
     temperature: float = Field(0.2, gt=0, le=10, description="τ of ℓ (eq. 1) in L_context, eq. 5")
     content_temperature: float = Field(0.2, gt=0, le=10, description="τ of ℓ (eq. 1) in L_content, eq. 7")
     alpha: float = Field(1.0, ge=0, description="final weight α of L_content (eq. 8), reached linearly from 0")
+    alpha_ramp: float = Field(1.0, gt=0, le=1, description="share of training over which α rises from 0 "
+                              "(1 = the whole run, the paper; smaller reaches the full weight sooner in short runs)")
 
     @field_validator("context")
     @classmethod
@@ -152,8 +154,9 @@ class CON2Method(ContrastiveMethod):
         self.content_weight = 0.0
 
     def on_train_step(self, progress: float) -> None:
-        """α = ``params.alpha`` x progress, the paper's linear annealing from 0."""
-        self.content_weight = self.params.alpha * min(max(progress, 0.0), 1.0)
+        """α = ``params.alpha`` x min(1, progress / ``alpha_ramp``): the paper's linear annealing
+        from 0 over the whole run (``alpha_ramp`` = 1), or over its first share."""
+        self.content_weight = self.params.alpha * min(max(progress / self.params.alpha_ramp, 0.0), 1.0)
 
     def diagnostics(self, val_images: Tensor) -> dict[str, float]:
         """The silhouette of the two context clusters of the validation normals (CON2 app. E.4)."""
