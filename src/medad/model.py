@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np

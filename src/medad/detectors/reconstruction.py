@@ -21,8 +21,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
-from medad.runtime import batches
 from medad.detectors.maps import Reduction, reduce_maps
+from medad.runtime import batches
 
 
 class ReconstructionParams(DetectorParams):
