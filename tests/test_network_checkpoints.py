@@ -68,7 +68,7 @@ def test_an_interrupted_ddad_fit_resumes_where_it_stopped(tmp_path, monkeypatch)
     cfg = RunConfig.model_validate({
         "data": {"image_size": 16},
         "detector": {"params": {"ensemble": 2, "epochs": 2, "asr_epochs": 2, "batch_size": 8, "latent": 4,
-                                "hidden": 16, "asr_width": 4}},
+                                "hidden": 16, "asr_width": 4, "refine": True}},
         "train": {"epochs": 0, "progress": False},
     })
     checkpoint = tmp_path / "checkpoints" / "last.pt"
