@@ -13,6 +13,7 @@ from PIL import Image
 from medad.config import RunConfig, load_config
 from medad.data.synthetic import write_phantom_dataset
 from medad.evaluation.records import ResultSet
+from medad import AnomalyDetector
 from medad.pipeline import evaluate_run, report_run, train_run
 from medad.prediction import predict_run
 
@@ -187,6 +188,15 @@ def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path)
     heat = tmp_path / "p1" / "heatmaps"
     assert len(list((heat / "export" / "study1" / "series1").glob("*.png"))) == 3
     assert len(list((heat / "lesion").glob("*.png"))) == len(list((heat / "lesion_2").glob("*.png"))) == 6
+    with_maps = predict_run(run_dir, [dataset / "test" / "lesion"], tmp_path / "p3", heatmaps=False, save_maps=True)
+    assert not (tmp_path / "p3" / "heatmaps").exists()
+    saved = sorted((tmp_path / "p3" / "maps" / "lesion").glob("*.npy"))
+    masks = sorted((tmp_path / "p3" / "masks" / "lesion").glob("*.png"))
+    assert len(saved) == len(masks) == 6 and with_maps.is_file()
+    model = AnomalyDetector.load(run_dir)
+    raw = np.load(saved[0])
+    assert raw.shape == (32, 32) and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
+    assert np.array_equal(np.asarray(Image.open(masks[0])) > 0, raw > model.pixel_threshold_)
     alone = tmp_path / "alone"
     first = sorted(twin.glob("*.png"))[0]
     predict_run(run_dir, [first], alone)
@@ -230,3 +240,29 @@ def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):
     metrics = train_run(cfg, tmp_path / "run")
     assert -1.0 <= metrics["context_silhouette"] <= 1.0
     assert (tmp_path / "run" / "figures" / "con2_examples.png").is_file()
+
+
+def test_predict_reports_the_dicom_identifiers_of_a_nested_export(run, tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    _, run_dir, _ = run
+    series = tmp_path / "dcm" / "study1" / "series1"
+    series.mkdir(parents=True)
+    uids = []
+    for i in range(2):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P007", "1.2.3", "1.2.3.4"
+        ds.set_pixel_data((np.random.default_rng(i).random((32, 32)) * 4000).astype(np.uint16), "MONOCHROME2", 12)
+        ds.save_as(series / f"im{i}.dcm", enforce_file_format=True)
+        uids.append(ds.SOPInstanceUID)
+    with open(predict_run(run_dir, [tmp_path / "dcm"], tmp_path / "pred")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["SOPInstanceUID"] for r in rows] == uids
+    assert {(r["PatientID"], r["StudyInstanceUID"], r["SeriesInstanceUID"]) for r in rows} == {("P007", "1.2.3",
+                                                                                                  "1.2.3.4")}

@@ -157,6 +157,8 @@ def predict(
     scores: str = typer.Option("primary", help="Scores to compute: primary (the model's own) or all."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
     heatmaps: bool = typer.Option(True, help="Write heatmaps/ for spatial scores."),
+    save_maps: bool = typer.Option(False, help="Also write the raw maps (maps/*.npy) and the lesion masks at the "
+                                   "pixel threshold (masks/*.png)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Score new images: scores.csv with path, score, label at the model's threshold and the
@@ -172,7 +174,8 @@ def predict(
         if scores not in ("primary", "all"):
             raise ValueError(f"--scores must be primary or all, got {scores!r}")
         path = predict_run(model, inputs, out, batch_size=batch_size, scores=scores,  # type: ignore[arg-type]
-                           device=device, heatmaps=heatmaps, progress=None if progress else False)
+                           device=device, heatmaps=heatmaps, save_maps=save_maps,
+                           progress=None if progress else False)
     except _USER_ERRORS as exc:
         _fail(exc)
     console.print(f"scores: {path}")

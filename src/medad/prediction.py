@@ -5,11 +5,13 @@ included), read and scored ``batch_size`` at a time, and written as they are sco
 stays bounded and a progress bar moves. Only the primary score is computed unless
 ``scores="all"``. ``scores.csv`` has the path, the primary score, the label at the model's
 label-free threshold, the calibrated ``normal_quantile`` (share of validation normals scoring
-lower, :mod:`medad.evaluation.calibration`) and the scores computed. Heatmaps (spatial scores)
+lower, :mod:`medad.evaluation.calibration`), the scores computed and, when DICOM files are among
+the inputs, their PatientID, StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID. Heatmaps (spatial scores)
 go to ``heatmaps/`` under the file's path relative to its input folder, so that equal file names
 in different folders do not overwrite each other, with the colour scale fixed at fit time from
 the validation normals (the same image looks the same whatever else is predicted with it) and a
-colour bar.
+colour bar. With ``save_maps`` the raw maps go to ``maps/`` (``.npy``) and the binary lesion
+masks at the model's pixel threshold to ``masks/`` (PNG), under the same names.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 from medad.data.folder import FileItem, load_files
-from medad.data.readers import list_image_files
+from medad.data.readers import DICOM_IDENTIFIERS, dicom_identifiers, is_dicom, list_image_files
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.progress import progress_bar
@@ -79,6 +82,7 @@ def predict_run(
     scores: Literal["primary", "all"] = "primary",
     device: str | None = None,
     heatmaps: bool = True,
+    save_maps: bool = False,
     progress: bool | None = None,
 ) -> Path:
     """Score the images under ``inputs`` with the model in ``model_dir`` (a run or model folder, on
@@ -101,9 +105,10 @@ def predict_run(
     out.mkdir(parents=True, exist_ok=True)
     painter: HeatmapWriter | None = None
     scored = skipped = 0
+    dicom = any(is_dicom(f) for f, _ in files)  # DICOM identifiers as columns when there are DICOM files
     with open(out / "scores.csv", "w", newline="") as fh, progress_bar(progress) as bar:
         writer = csv.writer(fh)
-        writer.writerow(["path", "score", "label", "normal_quantile", *names])
+        writer.writerow(["path", "score", "label", "normal_quantile", *names, *(DICOM_IDENTIFIERS if dicom else ())])
         task = bar.add_task("predict", total=len(files), info="")
         for chunk in _batches(files, batch_size):
             loaded = load_files([FileItem(f) for f, _ in chunk], image_size=cfg.image_size, channels=cfg.channels,
@@ -120,9 +125,15 @@ def predict_run(
             for i, image_id in enumerate(images.ids):
                 label = "" if model.threshold_ is None else int(values[i] > model.threshold_)
                 quantile = "" if calibrated is None else f"{calibrated[i]:.4f}"
+                source = Path(image_id.partition("#")[0])
+                ids = dicom_identifiers(source).values() if dicom and is_dicom(source) else \
+                    [""] * (len(DICOM_IDENTIFIERS) if dicom else 0)
                 writer.writerow([image_id, f"{values[i]:.6g}", label, quantile,
-                                 *(f"{o.scores[i]:.6g}" for o in outputs.values())])
+                                 *(f"{o.scores[i]:.6g}" for o in outputs.values()), *ids])
             fh.flush()
+            where = {str(f): name for f, name in chunk}
+            if save_maps and primary.maps is not None:
+                _save_maps(out, images.ids, primary.maps.cpu().numpy(), where, model.pixel_threshold_)
             if heatmaps and primary.maps is not None:
                 maps = primary.maps.cpu().numpy()
                 if painter is None:
@@ -130,8 +141,9 @@ def predict_run(
                         log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
                                     "scale of every heatmap is taken from the first batch; train again to fix it")
                     painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
-                _save_heatmaps(out / "heatmaps", images.ids, images.images, maps,
-                               {str(f): name for f, name in chunk}, painter)
+                for i, image_id in enumerate(images.ids):
+                    pixels = (images.images[i].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                    painter.save(pixels, maps[i], _output_path(out / "heatmaps", where, image_id, ".png"))
             scored += len(images)
     if scored == 0:
         raise ValueError(f"none of the {len(files)} given images could be read")
@@ -140,14 +152,22 @@ def predict_run(
     return out / "scores.csv"
 
 
-def _save_heatmaps(folder: Path, ids: Sequence[str], images: torch.Tensor, maps: np.ndarray,
-                   names: dict[str, Path], painter: HeatmapWriter) -> None:
-    """One PNG per image at ``folder / name`` (``name_<slice>`` for the slices of a volume)."""
+def _output_path(folder: Path, names: dict[str, Path], image_id: str, suffix: str) -> Path:
+    """``folder / name`` of an image with ``suffix`` (``name_<slice>`` for the slices of a volume);
+    its parent folders are created."""
+    source, _, slice_no = image_id.partition("#")
+    name = names[source]
+    path = folder / name.with_name(name.stem + (f"_{slice_no}" if slice_no else "") + suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_maps(out: Path, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
+               pixel_threshold: float | None) -> None:
+    """The raw maps as ``maps/<name>.npy`` (float32) and, with a pixel threshold, the binary
+    lesion masks at it as ``masks/<name>.png`` (0 / 255)."""
     for i, image_id in enumerate(ids):
-        source, _, slice_no = image_id.partition("#")
-        name = names[source]
-        stem = name.stem + (f"_{slice_no}" if slice_no else "")
-        path = folder / name.with_name(f"{stem}.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = (images[i].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        painter.save(pixels, maps[i], path)
+        np.save(_output_path(out / "maps", names, image_id, ".npy"), maps[i].astype(np.float32))
+        if pixel_threshold is not None:
+            mask = ((maps[i] > pixel_threshold) * 255).astype(np.uint8)
+            Image.fromarray(mask).save(_output_path(out / "masks", names, image_id, ".png"))

@@ -106,6 +106,28 @@ def is_image_file(path: Path) -> bool:
     return suffix in IMAGE_EXTENSIONS or (suffix == "" and has_dicom_preamble(path))
 
 
+DICOM_IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def is_dicom(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file (``.dcm`` / ``.dicom`` or an extension-less DICOM file)."""
+    suffix = suffix_of(path)
+    return suffix in (".dcm", ".dicom") or (suffix == "" and has_dicom_preamble(path))
+
+
+def dicom_identifiers(path: Path) -> dict[str, str]:
+    """The :data:`DICOM_IDENTIFIERS` of a DICOM file (header only; "" where absent).
+
+    >>> dicom_identifiers(Path("missing.dcm"))["PatientID"]
+    ''
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (OSError, pydicom.errors.InvalidDicomError):
+        return dict.fromkeys(DICOM_IDENTIFIERS, "")
+    return {key: str(getattr(ds, key, "")) for key in DICOM_IDENTIFIERS}
+
+
 def list_image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     """The image files inside ``folder``, sorted by path.
 
