@@ -1,7 +1,8 @@
 """S_NND: negative cosine similarity to the nearest normal training embedding (CON2 eq. 12).
 
-The search is :class:`~medad.detectors.neighbours.NeighbourIndex` (``search``: faiss' exact flat
-index by default, ``faiss-ivf`` approximate for banks of millions, ``torch`` brute force).
+The search is :class:`~medad.detectors.neighbours.NeighbourIndex` (``search``: exact ``torch``
+brute force by default — at 1M x 512 it was twice as fast as faiss' flat index and needs no copy
+of the bank, docs/benchmarks.md —, ``faiss`` exact, ``faiss-ivf`` approximate for banks of millions).
 
 >>> import torch
 >>> from torch import nn
@@ -45,8 +46,8 @@ def reduce_cosine_similarities(z: Tensor, bank: Tensor, reduce: Callable[[Tensor
 
 class NearestNeighbourParams(EmbeddingParams):
     k: int = Field(1, ge=1, description="average the k largest similarities (k = 1: CON2 eq. 12)")
-    search: Search = Field("faiss", description="faiss (exact flat index), faiss-ivf (approximate, large "
-                           "banks) or torch (brute force on the bank's device)")
+    search: Search = Field("torch", description="torch (exact brute force on the bank's device; the fastest "
+                           "exact search measured), faiss (exact flat index) or faiss-ivf (approximate, large banks)")
     nprobe: int = Field(16, ge=1, description="cells a faiss-ivf query visits (more = slower, closer to exact)")
 
 
