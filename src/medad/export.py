@@ -161,6 +161,7 @@ class OnnxModel:
             raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")
         meta = json.loads(props["medad"])
         self.config = RunConfig.model_validate(meta["config"])
+        self.config.train.device = "cpu"  # onnxruntime runs the graph; torch only prepares the images
         self.primary: str = meta["primary"]
         self.threshold_: float | None = meta["threshold"]
         self.pixel_threshold_: float | None = meta["pixel_threshold"]
