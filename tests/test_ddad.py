@@ -156,6 +156,10 @@ def test_refine_auto_trains_the_asr_net_only_when_the_raw_maps_localise_fpi_anom
     fresh.load_state_dict(det.state_dict())
     assert (fresh.asr is not None) == refined and torch.equal(fresh.score(test, None).scores, out.scores)
     assert build_detector("ddad", {**TINY, "refine": False}).fit(normals, None).asr is None and len(checked) == 1
+    old = {k: v for k, v in det.state_dict().items() if k != "refined"}  # saved before the buffer existed
+    legacy = build_detector("ddad", {**TINY, "refine": refined})
+    legacy.load_state_dict(old)
+    assert bool(legacy.refined) == refined and torch.equal(legacy.score(test, None).scores, out.scores)
 
 
 def test_fpi_aurocs_of_a_real_fit_are_seeded_aurocs(data) -> None:

@@ -124,6 +124,11 @@ class DDADDetector(ReconstructionDetector):
         self.register_buffer("dual", torch.tensor(False))
         self.register_buffer("refined", torch.tensor(self.params.refine is not False))
 
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        # models saved before ``refined`` existed used the ASR-Net iff ``refine`` was true
+        state_dict.setdefault(prefix + "refined", torch.tensor(self.params.refine is not False))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     # -- variant / build ------------------------------------------------------------------------
     def resolve_variant(self, unlabeled: Tensor | None) -> Literal["dual", "intra"]:
         has_pool = unlabeled is not None and len(unlabeled) > 0
