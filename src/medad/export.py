@@ -110,7 +110,7 @@ def metadata(model: AnomalyDetector, spatial: bool) -> dict[str, Any]:
 
 def export_onnx(model_dir: str | Path, out: str | Path, check_images: Any = None, opset: int = 17) -> ExportResult:
     """Export the model in ``model_dir`` to ``out`` (.onnx) and check it with onnxruntime on
-    ``check_images`` (anything :meth:`AnomalyDetector.prepare` accepts; default: 4 random images)."""
+    ``check_images`` (anything :meth:`AnomalyDetector.prepare` accepts; default: 2 random images)."""
     import onnx
     import onnxruntime as ort
 

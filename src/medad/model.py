@@ -243,10 +243,11 @@ class AnomalyDetector:
                 np.asarray(self.val_scores_), cfg.evaluation.threshold_quantile
             )
             if out.maps is not None:
+                maps = out.maps.cpu().numpy()
                 self.pixel_threshold_, self.pixel_threshold_rule_ = pixel_quantile_threshold(
-                    out.maps.cpu().numpy(), cfg.evaluation.pixel_threshold_quantile
+                    maps, cfg.evaluation.pixel_threshold_quantile
                 )
-                self.map_range_ = normal_map_range(out.maps.cpu().numpy())
+                self.map_range_ = normal_map_range(maps)
         else:
             log.warning("no validation normals: no threshold, predict() is unavailable")
             self.val_scores_, self.threshold_, self.threshold_rule_ = [], None, "none"

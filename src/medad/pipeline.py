@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
@@ -31,6 +30,7 @@ from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
+from medad.report.figures import to_uint8
 from medad.report.html import render_report
 from medad.runlock import RunLock
 from medad.train.checkpoint import atomic_write_text
@@ -39,10 +39,6 @@ log = logging.getLogger("medad")
 
 
 # -- results and metrics ------------------------------------------------------------------------
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-
-
 def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int = 8) -> ResultSet:
     """Score ``images`` with every fitted score and build one :class:`ImageResult` per image.
 
@@ -73,7 +69,7 @@ def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int
                 mask=images.masks[i, 0].numpy() if has_mask else None,
                 prediction=None if model.threshold_ is None else int(scores[i] > model.threshold_),
                 role=role,
-                image=_to_uint8(images.images[i]) if keep else None,
+                image=to_uint8(images.images[i]) if keep else None,
                 projection=projection[i],
             )
         )

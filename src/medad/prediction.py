@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from medad.data.folder import FileItem, load_files
@@ -31,7 +30,7 @@ from medad.data.readers import DICOM_IDENTIFIERS, dicom_identifiers, is_dicom, l
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.progress import progress_bar
-from medad.report.figures import HeatmapWriter
+from medad.report.figures import HeatmapWriter, to_uint8
 
 log = logging.getLogger("medad")
 
@@ -142,8 +141,8 @@ def predict_run(
                                     "scale of every heatmap is taken from the first batch; train again to fix it")
                     painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
                 for i, image_id in enumerate(images.ids):
-                    pixels = (images.images[i].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-                    painter.save(pixels, maps[i], _output_path(out / "heatmaps", where, image_id, ".png"))
+                    path = _output_path(out / "heatmaps", where, image_id, ".png")
+                    painter.save(to_uint8(images.images[i]), maps[i], path)
             scored += len(images)
     if scored == 0:
         raise ValueError(f"none of the {len(files)} given images could be read")

@@ -23,11 +23,8 @@ from torch import Tensor
 
 from medad.detectors.base import DetectorParams
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
-from medad.detectors.neighbours import NeighbourIndex, Search
+from medad.detectors.neighbours import CHUNK_ELEMENTS, NeighbourIndex, Search
 from medad.runtime import batches
-
-# similarities held in memory at once while scoring: views x query chunk x training images
-CHUNK_ELEMENTS = 1 << 24
 
 
 def reduce_cosine_similarities(z: Tensor, bank: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:

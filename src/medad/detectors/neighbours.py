@@ -33,7 +33,7 @@ from torch import Tensor
 from medad.runtime import batches
 
 Search = Literal["faiss", "faiss-ivf", "torch"]
-CHUNK_ELEMENTS = 1 << 24  # similarities held at once by the torch path: query chunk x bank size
+CHUNK_ELEMENTS = 1 << 24  # similarities held in memory at once by the torch searches: queries x bank
 IVF_TRAIN_POINTS = 64  # per cell: faiss-ivf's k-means sees at most 64 x nlist bank rows
 
 

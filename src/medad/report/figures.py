@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib import colormaps
@@ -200,6 +201,15 @@ def tile_png(result: ImageResult, vmin: float, vmax: float) -> bytes:
 def tiles_png(results: Sequence[ImageResult], vmin: float, vmax: float) -> list[bytes]:
     """:func:`tile_png` of each result, all on the same colour scale."""
     return [tile_png(r, vmin, vmax) for r in results]
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """An image tensor in [0, 1] as the uint8 array the figures draw.
+
+    >>> to_uint8(torch.tensor([0.0, 0.5, 1.0])).tolist()
+    [0, 128, 255]
+    """
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def save_heatmap_png(
