@@ -87,6 +87,10 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    nproc: int = typer.Option(
+        1, min=1, help="Training processes: starts torchrun with DistributedDataParallel (gloo on CPU, nccl on "
+        "CUDA); train.batch_size is the global batch. Same as `torchrun --nproc_per_node N -m medad train ...`."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Any config value as KEY=VALUE (YAML value), e.g. --set method.params.view=local."
     ),
@@ -102,9 +106,15 @@ def train(
 
         medad train --data data/synthetic --method ccd --set method.params.view=local \\
             --set encoder.width=32 --out runs/ccd-local
+
+        medad train --nproc 2 --preset chest-xray --data ../shared/data/pneumoniamnist.npz --out runs/cx
     """
+    from medad import distributed
     from medad.config import apply_overrides, load_config, parse_assignments, shortcut_overrides
     from medad.pipeline import train_run
+
+    if nproc > 1 and not distributed.launched():
+        raise typer.Exit(_torchrun(nproc))
 
     try:
         overrides = shortcut_overrides(
@@ -123,7 +133,28 @@ def train(
         checkpoints = out / "checkpoints"
         console.print(f"interrupted: continue with the same command plus --resume (checkpoint in {checkpoints})")
         raise typer.Exit(code=130) from None
-    _print_summary(metrics, out)
+    if metrics:  # {} on the ranks > 0 of a multi-process run: rank 0 reports
+        _print_summary(metrics, out)
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this ``medad train`` command line again under ``torchrun`` with ``nproc`` processes on
+    this machine; its exit status. The workers see ``WORLD_SIZE`` and do not start torchrun again."""
+    import subprocess
+    import sys
+
+    args, rest = [], iter(sys.argv[1:])
+    for arg in rest:  # drop --nproc N (torchrun would read it as an abbreviation of its own option)
+        if arg == "--nproc":
+            next(rest, None)
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    if "train" not in args:
+        raise RuntimeError("--nproc works from the medad command line; in Python, start torchrun yourself")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "medad", *args]
+    console.print(f"starting {nproc} training processes: {' '.join(command[1:])}")
+    return subprocess.call(command)
 
 
 @app.command()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medad import __version__
+from medad import distributed
 from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocess import normalize_intensity
@@ -175,8 +176,13 @@ class AnomalyDetector:
         With ``checkpoint_path`` the pre-training and the detectors' own networks are checkpointed
         (``networks/`` beside it) and ``resume`` continues an interrupted fit whose ``fingerprint``
         matches.
+
+        Under ``torchrun`` every process pre-trains its share of each batch (:mod:`medad.distributed`);
+        rank 0 then fits the scores and thresholds alone, while the other ranks return a model that
+        holds only the trained ``encoder_``.
         """
         cfg = self.config
+        distributed.init_from_env(self.device)
         seed_everything(cfg.train.seed)
         set_threads(cfg.train.threads)
         train = self.prepare(images)
@@ -207,6 +213,8 @@ class AnomalyDetector:
         if not method.trains:
             method.calibrate(train.to(self.device))
         self.encoder_ = method.encoder.to(self.device).eval()
+        if not distributed.is_main():
+            return self
         # detectors' own networks are saved beside the pre-training checkpoint, and resumed
         networks = nullcontext() if checkpoint_path is None else network_checkpoints(
             Path(checkpoint_path).parent / "networks", fingerprint, resume)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medad import distributed
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_splits, load_test_split
@@ -33,6 +35,7 @@ from medad.model import AnomalyDetector
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
 from medad.runlock import RunLock
+from medad.runtime import resolve_device
 from medad.train.checkpoint import atomic_write_text
 
 log = logging.getLogger("medad")
@@ -256,26 +259,49 @@ def train_run(
     checkpoint) or ``overwrite`` (start again) is given, so no finished run is lost by accident.
     The folder is locked while the run writes it (:class:`~medad.runlock.RunLock`): a second
     training on the same folder fails at once with :class:`~medad.runlock.RunLockedError`.
+
+    Under ``torchrun`` (``medad train --nproc N``) every process runs this: they pre-train
+    together, and rank 0 alone takes the lock, writes the folder and returns the metrics (the
+    other ranks return ``{}``).
     """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
     run_dir = Path(run_dir)
-    with RunLock(run_dir):  # taken before the check below, so that two starts cannot both pass it
-        if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
-            raise FileExistsError(
-                f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --out"
-            )
-        return _train_locked(config, run_dir, resume)
+    joined = distributed.init_from_env(resolve_device(config.train.device))
+    try:
+        with ExitStack() as stack:
+            problem: Exception | None = None
+            if distributed.is_main():
+                try:  # the lock is taken before the check, so that two starts cannot both pass it
+                    stack.enter_context(RunLock(run_dir))
+                    if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
+                        raise FileExistsError(
+                            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace "
+                            "it, or choose another --out"
+                        )
+                except (OSError, RuntimeError) as exc:
+                    problem = exc
+            problem = distributed.broadcast_object(problem)  # every rank stops on rank 0's refusal
+            if problem is not None:
+                raise problem
+            return _train_locked(config, run_dir, resume)
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     """The body of :func:`train_run`, run while ``run_dir`` is locked."""
+    main = distributed.is_main()
+    if not main:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})
+        logging.getLogger("medad").setLevel(logging.WARNING)
     splits = load_splits(config.data, seed=config.train.seed)
-    for bad_id, reason in splits.skipped:
-        log.warning("skipped %s: %s", bad_id, reason)
-    splits.manifest.write_csv(run_dir / "manifest.csv")
-    save_config(config, run_dir / "config.yaml")
+    if main:
+        for bad_id, reason in splits.skipped:
+            log.warning("skipped %s: %s", bad_id, reason)
+        splits.manifest.write_csv(run_dir / "manifest.csv")
+        save_config(config, run_dir / "config.yaml")
     digest = splits.manifest.digest()
     log.info("data: %d train, %d val, %d test images", len(splits.train), len(splits.val),
              0 if splits.test is None else len(splits.test))
@@ -287,6 +313,8 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
         resume=resume,
         fingerprint=fingerprint(config, digest),
     )
+    if not main:
+        return {}
     model.manifest_sha256_ = digest
     model.save(run_dir / "model")
     method = build_method(config.method, model.encoder_)

@@ -14,11 +14,14 @@ import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is an error."""
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is an error. Under
+    ``torchrun`` an unnumbered CUDA device is this process's GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 

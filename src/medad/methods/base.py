@@ -45,7 +45,14 @@ class PretrainMethod(nn.Module, ABC):
 
     @abstractmethod
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
-        """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised."""
+        """Loss terms for one batch of un-augmented images; key ``loss`` is what is minimised.
+
+        Under ``torchrun`` ``images`` is this process's share of the global batch: a loss that
+        compares images with each other gathers its embeddings first (:func:`medad.distributed.gather`)."""
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """:meth:`training_loss`, so that DistributedDataParallel can wrap the method."""
+        return self.training_loss(images)
 
     def calibrate(self, images: Tensor) -> None:
         """Called instead of training for a method that does not train (``trains`` False), with

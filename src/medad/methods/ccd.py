@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from medad import distributed
 from medad.augment.medmix import lesion_classes
 from medad.augment.strong import apply_strong, strong_transforms
 from medad.methods.base import MethodParams
@@ -149,7 +150,7 @@ class CCDMethod(ContrastiveMethod):
         m = len(shifted)
         features = self.encoder(torch.cat([self.augment(shifted), self.augment(shifted)]))
         z = self.head(features)
-        loss_con = nt_xent(z[:m], z[m:], p.temperature)
+        loss_con = nt_xent(distributed.gather(z[:m]), distributed.gather(z[m:]), p.temperature)
         loss_cla, accuracy_cla = shift_classification_loss(self.shift_classifier(features), class_ids.repeat(2))
         loss = p.weight_con * loss_con + p.weight_cla * loss_cla
         weight_pos = p.weight_pos if p.weight_pos is not None else float(p.view == "local")

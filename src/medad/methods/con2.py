@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 from sklearn.metrics import silhouette_score
 from torch import Tensor, nn
 
+from medad import distributed
 from medad.augment.context import context_features, context_transform, save_context_grid
 from medad.methods.base import MethodParams
 from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams
@@ -170,8 +171,10 @@ class CON2Method(ContrastiveMethod):
         p = self.params
         views, contexts, image_ids = con2_views(images, p.context, self.augment)
         h = self.encoder(views)
-        loss_context = positive_pair_loss(self.head(h), contexts, p.temperature)
-        loss_content = positive_pair_loss(self.content_head(h), image_ids, p.content_temperature)
+        gather = distributed.gather
+        loss_context = positive_pair_loss(gather(self.head(h)), gather(contexts), p.temperature)
+        loss_content = positive_pair_loss(gather(self.content_head(h)), distributed.gather_ids(image_ids, len(images)),
+                                          p.content_temperature)
         return {
             "loss": loss_context + self.content_weight * loss_content,
             "loss_context": loss_context.detach(),

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from medad import distributed
 from medad.augment.weak import WeakAugment
 from medad.methods.base import MethodParams, PretrainMethod
 from medad.models.heads import ProjectionHead
@@ -106,4 +107,5 @@ class ContrastiveMethod(PretrainMethod):
         z1, z2 = z[:n], z[n:]
         with torch.no_grad():
             positive = F.cosine_similarity(z1, z2, dim=1).mean()
-        return {"loss": nt_xent(z1, z2, self.params.temperature), "positive_similarity": positive}
+        loss = nt_xent(distributed.gather(z1), distributed.gather(z2), self.params.temperature)
+        return {"loss": loss, "positive_similarity": positive}

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from medad import distributed
 from medad.augment.negatives import check_kinds, make_negatives
 from medad.augment.weak import WeakAugment
 from medad.data.loading import load_images
@@ -358,5 +359,6 @@ class DinoNegMethod(PretrainMethod):
         terms["teacher_temp"] = torch.tensor(self.teacher_temp)
         terms["teacher_entropy"], terms["teacher_mean_entropy"] = entropies(teacher - self.centre, self.teacher_temp)
         if self.training:
-            self.centre.mul_(p.centre_momentum).add_(teacher.mean(dim=(0, 1)), alpha=1.0 - p.centre_momentum)
+            batch_mean = distributed.mean(teacher.mean(dim=(0, 1)))  # over the global batch (DINO's all-reduce)
+            self.centre.mul_(p.centre_momentum).add_(batch_mean, alpha=1.0 - p.centre_momentum)
         return {"loss": loss, **terms}

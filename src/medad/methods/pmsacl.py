@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from medad import distributed
 from medad.augment.medmix import MedMix, lesion_classes, save_medmix_grid
 from medad.methods.base import MethodParams
 from medad.methods.contrastive import ContrastiveMethod, ContrastiveParams
@@ -238,7 +239,8 @@ class PMSACLMethod(ContrastiveMethod):
         h, z = self.project(torch.cat([strong, strong]))
         labels = torch.cat([classes, classes])
         ctr = multi_centring_loss(z, labels, self.centres)
-        con = pmsacl_loss(z[:n], z[n:], classes, self.centres, p.temperature, p.alpha)
+        gather = distributed.gather
+        con = pmsacl_loss(gather(z[:n]), gather(z[n:]), gather(classes), self.centres, p.temperature, p.alpha)
         logits = self.aug_head(h)
         aug = F.cross_entropy(logits, labels)
         weight_pos = p.weight_pos if p.weight_pos is not None else float(p.view == "local")

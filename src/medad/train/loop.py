@@ -1,9 +1,11 @@
 """The one training loop: batching, optimiser, schedule, progress, atomic checkpoints, resume.
 
 Every pre-training method goes through :func:`train_method`; a method only supplies
-``training_loss``. Distributed training (``torchrun`` + DistributedDataParallel) slots in here:
-batches are already drawn from a per-epoch seeded permutation that can be sharded by rank, and
-only this module touches the optimiser and the checkpoint files.
+``training_loss``. Under ``torchrun`` (:mod:`medad.distributed`) the same loop runs in every
+process: each takes its share of every global batch of the seeded permutation
+(:func:`epoch_batches`), the method is wrapped in DistributedDataParallel, the logged losses are
+averaged over the processes, and rank 0 alone writes checkpoints, with every rank's RNG state in
+them so that a resumed run continues exactly.
 
 >>> import torch
 >>> from medad.config import TrainConfig
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from medad import distributed
 from medad.config import TrainConfig
 from medad.methods.base import PretrainMethod
 from medad.progress import progress_bar
@@ -74,20 +77,27 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[Tensor]:
-    """Index batches of one epoch: a permutation seeded by (seed, epoch), sharded by rank.
+    """Index batches of one epoch: global batches of ``batch_size`` from a permutation seeded by
+    (seed, epoch), of which rank ``rank`` of ``world`` processes takes every ``world``-th index.
 
     The last incomplete batch is dropped when there is more than one batch, because BatchNorm
-    and contrastive losses need at least two images per batch.
+    and contrastive losses need at least two images per batch; with several processes a global
+    batch is cut to a multiple of ``world`` so that every rank gets as many images.
 
     >>> [b.tolist() for b in epoch_batches(5, 2, seed=0, epoch=1)] == [b.tolist() for b in epoch_batches(5, 2, 0, 1)]
     True
+    >>> whole = epoch_batches(8, 4, seed=0, epoch=1)
+    >>> halves = [epoch_batches(8, 4, 0, 1, rank=r, world=2) for r in (0, 1)]
+    >>> all(sorted(a.tolist() + b.tolist()) == sorted(w.tolist()) for w, a, b in zip(whole, *halves))
+    True
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)[rank::world]
-    batches = list(perm.split(batch_size))
+    batches = list(torch.randperm(n, generator=g).split(batch_size))
     if len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
-    return batches
+    if world == 1:
+        return batches
+    return [b[: len(b) - len(b) % world][rank::world] for b in batches if len(b) >= world]
 
 
 @torch.no_grad()
@@ -95,13 +105,15 @@ def _validation_loss(method: PretrainMethod, images: Tensor, cfg: TrainConfig, d
     """Mean loss on validation normals with a fixed augmentation seed, leaving the training RNG intact."""
     method.eval()
     total, count = 0.0, 0
+    rank, world = distributed.rank(), distributed.world_size()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + 7)
-        for idx in epoch_batches(len(images), cfg.batch_size, cfg.seed, 0):
+        torch.manual_seed(cfg.seed + 7 + 100_003 * rank)
+        for idx in epoch_batches(len(images), cfg.batch_size, cfg.seed, 0, rank, world):
             x = images[idx].to(device, non_blocking=True)
             total += float(method.training_loss(x)["loss"]) * len(idx)
             count += len(idx)
     method.train()
+    total, count = distributed.mean(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -148,6 +160,13 @@ def train_method(
     device = torch.device(device)
     if len(train_images) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(train_images)}")
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    batch_size = min(cfg.batch_size, len(train_images))
+    if world > 1 and (cfg.batch_size % world or batch_size < 2 * world):
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} (global, {len(train_images)} training images) must be a multiple of "
+            f"the {world} processes with at least 2 images per process"
+        )
     method.to(device).train()
     optimizer = build_optimizer(method.parameters(), cfg)
     schedule = build_schedule(optimizer, cfg)
@@ -165,30 +184,44 @@ def train_method(
                 f"cannot resume from {ckpt}: it was written for another config or dataset "
                 f"(fingerprint {meta.get('fingerprint')!r} != {fingerprint!r}); start a new run directory"
             )
+        if meta.get("world_size", 1) != world:
+            raise ValueError(
+                f"cannot resume from {ckpt}: it was written by {meta.get('world_size', 1)} training process(es), "
+                f"this run has {world}; resume with the same --nproc"
+            )
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        _set_rng_state(state["rng"], device)
+        _set_rng_state(state["rng_ranks"][rank] if world > 1 else state["rng"], device)
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1
         if meta.get("best_epoch") is not None:
             best_state, _ = load_checkpoint(ckpt.with_name("best.pt"), map_location=device)
             best.update(value=meta["best_value"], epoch=meta["best_epoch"], state=best_state["method"])
-        log.info("resumed from %s at epoch %d", ckpt, start_epoch)
-    elif resume:
-        log.info("no checkpoint at %s: starting from scratch", ckpt)
+        if main:
+            log.info("resumed from %s at epoch %d", ckpt, start_epoch)
+    else:
+        if resume and main:
+            log.info("no checkpoint at %s: starting from scratch", ckpt)
+        if rank:  # every process draws its own augmentations
+            torch.manual_seed(cfg.seed + 100_003 * rank)
 
     def save(epoch: int) -> None:
         if ckpt is None:
+            return
+        rngs = distributed.gather_objects(_rng_state(device))  # collective: every rank calls save
+        if not main:
             return
         state = {
             "method": method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
-            "rng": _rng_state(device),
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if world > 1 else {}),
         }
         meta = {"epoch": epoch, "history": history, "fingerprint": fingerprint,
-                "best_epoch": best["epoch"], "best_value": best["value"] if best["epoch"] else None}
+                "best_epoch": best["epoch"], "best_value": best["value"] if best["epoch"] else None,
+                **({"world_size": world} if world > 1 else {})}
         save_checkpoint(ckpt, state, meta)
 
     def consider(epoch: int, value: float) -> None:
@@ -197,20 +230,20 @@ def train_method(
             return
         state = {k: v.detach().clone() for k, v in method.state_dict().items()}
         best.update(value=value, epoch=epoch, state=state)
-        if ckpt is not None:
+        if ckpt is not None and main:
             save_checkpoint(ckpt.with_name("best.pt"), {"method": state}, {"epoch": epoch, "sensitivity": value})
 
-    batch_size = min(cfg.batch_size, len(train_images))
     method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
-    with progress_bar(cfg.progress) as progress:
+    step_model = _parallel(method, device) if world > 1 else method
+    with progress_bar(cfg.progress and main) as progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch)
+            batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world)
             task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(batches), info="")
             t0, loss_sum, seen, extras = time.perf_counter(), 0.0, 0, {}
             for step, idx in enumerate(batches):
                 method.on_train_step((epoch - 1 + step / len(batches)) / cfg.epochs)
                 x = train_images[idx].to(device, non_blocking=True)
-                terms = method.training_loss(x)
+                terms = step_model(x)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -231,31 +264,36 @@ def train_method(
             schedule.step()
             progress.remove_task(task)
             seconds = time.perf_counter() - t0
+            # the ranks' sums, averaged: the mean over the global batches (every rank saw as many images)
+            loss_sum, seen, *sums = distributed.mean(
+                torch.tensor([loss_sum, seen, *extras.values()], dtype=torch.float64)).tolist()
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "loss": loss_sum / max(seen, 1),
                 "seconds": seconds,
-                "images_per_second": seen / seconds if seconds > 0 else math.nan,
+                "images_per_second": seen * world / seconds if seconds > 0 else math.nan,
                 "lr": lr,
-                **{k: v / max(seen, 1) for k, v in extras.items()},
+                **{k: v / max(seen, 1) for k, v in zip(extras, sums, strict=True)},
             }
             if val_images is not None and len(val_images) >= 2:
                 record["val_loss"] = _validation_loss(method, val_images, cfg, device)
             checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
             if sensitivity is not None and checkpoint_epoch:
-                record["sensitivity"] = sensitivity(method.encoder)
+                # rank 0's encoder decides (the ranks' BatchNorm statistics differ slightly)
+                record["sensitivity"] = distributed.broadcast_object(sensitivity(method.encoder) if main else None)
                 record["sensitivity_se"] = sensitivity.standard_error(record["sensitivity"])
                 consider(epoch, record["sensitivity"])
             history.append(record)
-            log.info(
-                "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
-                epoch,
-                cfg.epochs,
-                record["loss"],
-                f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
-                f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
-                record["images_per_second"],
-            )
+            if main:
+                log.info(
+                    "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
+                    epoch,
+                    cfg.epochs,
+                    record["loss"],
+                    f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
+                    f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
+                    record["images_per_second"],
+                )
             if checkpoint_epoch:
                 save(epoch)
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
@@ -264,6 +302,16 @@ def train_method(
             method.load_state_dict(best["state"])
         for record in history:
             record["selected"] = record["epoch"] == chosen
-        log.info("selected epoch %d (best sensitivity score %.4f at epoch %d)", chosen, best["value"], best["epoch"])
+        if main:
+            log.info("selected epoch %d (best sensitivity score %.4f at epoch %d)", chosen, best["value"], best["epoch"])
     method.eval()
     return history
+
+
+def _parallel(method: PretrainMethod, device: torch.device) -> torch.nn.Module:
+    """``method`` in DistributedDataParallel: calling it runs ``training_loss`` and the backward
+    pass averages the gradients over the processes. BatchNorm statistics stay per process (DDP's
+    default; the buffers are broadcast from rank 0 before every step)."""
+    return torch.nn.parallel.DistributedDataParallel(  # static: the heads in use never change within a run
+        method, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
+    )
