@@ -158,6 +158,28 @@ def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_p
     predict_run(tmp_path / "run", [dataset / "test" / "lesion"], tmp_path / "pred")
     assert len(list((tmp_path / "pred" / "heatmaps" / "lesion").glob("*.png"))) == 6
     _predict_batches_nested_folders_and_colour_scale(tmp_path / "run", dataset, tmp_path)
+    _predict_writes_nifti_maps_in_the_input_geometry(tmp_path / "run", tmp_path)
+
+
+def _predict_writes_nifti_maps_in_the_input_geometry(run_dir, tmp_path) -> None:
+    """A NIfTI input gets its map and mask back as volumes of its own shape and affine, the scored
+    slice (data.nifti_slices = middle) equal to its .npy map under the reader's rotation."""
+    import nibabel as nib
+
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    volume = np.random.default_rng(0).random((32, 32, 5)).astype(np.float32)
+    (tmp_path / "nii").mkdir()
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "nii" / "sub-01.T2.nii.gz")
+    predict_run(run_dir, [tmp_path / "nii"], tmp_path / "pn", heatmaps=False, save_maps=True)
+    maps, masks = (nib.load(tmp_path / "pn" / kind / "nii" / "sub-01.T2.nii.gz") for kind in ("maps", "masks"))
+    flat = np.load(tmp_path / "pn" / "maps" / "nii" / "sub-01.T2_z=2.npy")
+    assert maps.shape == masks.shape == (32, 32, 5) and np.allclose(maps.affine, affine)
+    data = maps.get_fdata()
+    np.testing.assert_allclose(data[:, :, 2], np.rot90(flat, k=-1), rtol=1e-6)
+    assert not data[:, :, [0, 1, 3, 4]].any()  # slices not scored are 0
+    threshold = AnomalyDetector.load(run_dir).pixel_threshold_
+    assert masks.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(masks.dataobj)[:, :, 2] == 1, np.rot90(flat, k=-1) > threshold)
 
 
 def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path) -> None:

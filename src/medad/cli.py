@@ -189,7 +189,8 @@ def predict(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
     heatmaps: bool = typer.Option(True, help="Write heatmaps/ for spatial scores."),
     save_maps: bool = typer.Option(False, help="Also write the raw maps (maps/*.npy) and the lesion masks at the "
-                                   "pixel threshold (masks/*.png)."),
+                                   "pixel threshold (masks/*.png); for NIfTI inputs also one volume each "
+                                   "(maps/*.nii.gz, masks/*.nii.gz) in the input's shape and affine."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Score new images: scores.csv with path, score, label at the model's threshold and the

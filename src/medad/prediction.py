@@ -11,7 +11,9 @@ go to ``heatmaps/`` under the file's path relative to its input folder, so that 
 in different folders do not overwrite each other, with the colour scale fixed at fit time from
 the validation normals (the same image looks the same whatever else is predicted with it) and a
 colour bar. With ``save_maps`` the raw maps go to ``maps/`` (``.npy``) and the binary lesion
-masks at the model's pixel threshold to ``masks/`` (PNG), under the same names.
+masks at the model's pixel threshold to ``masks/`` (PNG), under the same names; the slices of a
+NIfTI input are also written back as one volume per input file (``maps/<name>.nii.gz`` and
+``masks/<name>.nii.gz``, in the input's shape and affine: :mod:`medad.data.writers`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ import numpy as np
 from PIL import Image
 
 from medad.data.folder import FileItem, load_files
-from medad.data.readers import DICOM_IDENTIFIERS, dicom_identifiers, is_dicom, list_image_files
+from medad.data.readers import (
+    DICOM_IDENTIFIERS,
+    NIFTI_EXTENSIONS,
+    dicom_identifiers,
+    is_dicom,
+    list_image_files,
+    stem_of,
+    suffix_of,
+)
+from medad.data.writers import slice_index, write_nifti_maps
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.progress import progress_bar
@@ -156,7 +167,7 @@ def _output_path(folder: Path, names: dict[str, Path], image_id: str, suffix: st
     its parent folders are created."""
     source, _, slice_no = image_id.partition("#")
     name = names[source]
-    path = folder / name.with_name(name.stem + (f"_{slice_no}" if slice_no else "") + suffix)
+    path = folder / name.with_name(stem_of(name) + (f"_{slice_no}" if slice_no else "") + suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -165,8 +176,18 @@ def _save_maps(out: Path, ids: Sequence[str], maps: np.ndarray, names: dict[str,
                pixel_threshold: float | None) -> None:
     """The raw maps as ``maps/<name>.npy`` (float32) and, with a pixel threshold, the binary
     lesion masks at it as ``masks/<name>.png`` (0 / 255)."""
+    volumes: dict[str, dict[int, np.ndarray]] = {}
     for i, image_id in enumerate(ids):
         np.save(_output_path(out / "maps", names, image_id, ".npy"), maps[i].astype(np.float32))
         if pixel_threshold is not None:
             mask = ((maps[i] > pixel_threshold) * 255).astype(np.uint8)
             Image.fromarray(mask).save(_output_path(out / "masks", names, image_id, ".png"))
+        source = image_id.partition("#")[0]
+        if suffix_of(Path(source)) in NIFTI_EXTENSIONS and slice_index(image_id) is not None:
+            volumes.setdefault(source, {})[slice_index(image_id)] = maps[i]
+    for source, slices in volumes.items():  # every slice of a file is in the same batch of files
+        name = names[source]
+        name = name.with_name(stem_of(name) + ".nii.gz")
+        write_nifti_maps(source, slices, out / "maps" / name)
+        if pixel_threshold is not None:
+            write_nifti_maps(source, slices, out / "masks" / name, threshold=pixel_threshold)
