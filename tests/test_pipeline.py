@@ -16,6 +16,8 @@ from medad.evaluation.records import ResultSet
 from medad import AnomalyDetector
 from medad.pipeline import evaluate_run, report_run, train_run
 from medad.prediction import predict_run
+from medad.data.loading import load_splits
+from medad.evaluation.projection import project
 
 TINY = {
     "data": {"image_size": 32, "channels": 1, "val_fraction": 0.2},
@@ -54,6 +56,21 @@ def test_run_writes_every_file(run):
     assert saved["threshold_rule"].startswith("val_normal")
     assert set(saved["scores"]) == {"mahalanobis", "nnd", "lh", "cosine"}
     assert 0.0 <= saved["image_auroc"] <= 1.0
+
+
+def test_test_and_validation_images_share_one_projection_basis_fitted_on_training_normals(run):
+    """The report's embedding plot: one PCA basis from the training normals, saved with the model,
+    for every role (issue 12: two per-role fits centred each cloud at zero)."""
+    cfg, run_dir, _ = run
+    model = AnomalyDetector.load(run_dir)
+    splits = load_splits(cfg.data, seed=cfg.train.seed)
+    results = ResultSet.load(run_dir / "predictions.npz")
+    for role, images in (("val", splits.val), ("test", splits.test)):
+        saved = np.array([r.projection for r in results.with_role(role)])
+        np.testing.assert_allclose(saved, project(model.embed(images).numpy(), model.projection_), atol=1e-4)
+    train = model.embed(splits.train).numpy()
+    assert np.allclose(project(train, model.projection_).mean(0), 0, atol=1e-3)  # centred on the training normals
+    assert not np.allclose(project(model.embed(splits.val).numpy(), model.projection_).mean(0), 0, atol=1e-3)
 
 
 def test_manifest_roles_never_mix_validation_and_test(run):

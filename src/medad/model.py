@@ -38,6 +38,7 @@ from medad.detectors.registry import applicable_detectors, build_detector, detec
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
+from medad.evaluation.projection import Projection, fit_projection
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
 from medad.progress import progress_enabled
@@ -59,17 +60,27 @@ def score_params(config: RunConfig, name: str) -> dict[str, Any]:
     ``batch_size`` of :class:`~medad.detectors.embedding.EmbeddingParams`), so that e.g. CON2's
     S_NND, S_LH and Mahalanobis columns all score both contexts with the same TTA (CON2 eq. 16).
 
+    A detector with a ``seed`` of its own (weight initialisation and data order of its networks,
+    PaDiM's channel subset) gets the run's ``train.seed`` unless ``detector.params.seed`` is set,
+    so that ``--seed`` changes every random source of a run.
+
     >>> cfg = RunConfig.model_validate({"detector": {"name": "nnd", "params": {"k": 3, "contexts": ["flip"]}}})
     >>> score_params(cfg, "nnd"), score_params(cfg, "lh")
     ({'k': 3, 'contexts': ['flip']}, {'contexts': ['flip']})
+    >>> score_params(RunConfig.model_validate({"detector": {"name": "dae"}, "train": {"seed": 2}}), "dae")
+    {'seed': 2}
     """
     params = config.detector.params
     if name == config.detector.name:
-        return dict(params)
-    if not issubclass(detector_class(name), EmbeddingDetector):
-        return {}
-    shared = set(EmbeddingParams.model_fields)
-    return {k: v for k, v in params.items() if k in shared}
+        own = dict(params)
+    elif issubclass(detector_class(name), EmbeddingDetector):
+        shared = set(EmbeddingParams.model_fields)
+        own = {k: v for k, v in params.items() if k in shared}
+    else:
+        own = {}
+    if "seed" in detector_class(name).Params.model_fields:
+        own.setdefault("seed", config.train.seed)
+    return own
 
 
 class NotFittedError(RuntimeError):
@@ -101,6 +112,7 @@ class AnomalyDetector:
         self.pixel_threshold_: float | None = None
         self.pixel_threshold_rule_: str = "none"
         self.map_range_: tuple[float, float] | None = None  # heatmap colour scale (validation normals)
+        self.projection_: Projection | None = None  # the report's 2-D embedding basis (training normals)
         self.val_scores_: list[float] = []
         self.history_: list[dict[str, Any]] = []
         self.train_seconds_: float = 0.0
@@ -243,6 +255,8 @@ class AnomalyDetector:
                 detector = build_detector(name, score_params(cfg, name)).to(self.device)
                 self.detectors_[name] = detector.fit(train, self.encoder_, cache, unlabeled=pool).eval()
         self.n_train_ = len(train)
+        some = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))[:512]
+        self.projection_ = fit_projection(self._embed(train[some]).numpy())
 
         if len(val):
             out = self._score(val)[self.primary]
@@ -342,7 +356,11 @@ class AnomalyDetector:
     def embed(self, images: Images, batch_size: int = 128) -> Tensor:
         """Pooled encoder embeddings ``[N, D]`` (on CPU)."""
         self._check_fitted()
-        x = self.prepare(images)
+        return self._embed(self.prepare(images), batch_size)
+
+    @torch.no_grad()
+    def _embed(self, x: Tensor, batch_size: int = 128) -> Tensor:
+        """:meth:`embed` of images already brought to the model's layout by :meth:`prepare`."""
         return torch.cat([self.encoder_(b.to(self.device)).cpu() for b in x.split(batch_size)])
 
     # -- persistence ------------------------------------------------------------------------
@@ -353,6 +371,9 @@ class AnomalyDetector:
         state = {
             "encoder": self.encoder_.state_dict(),
             "detectors": {name: det.state_dict() for name, det in self.detectors_.items()},
+            **({"projection": {"mean": torch.from_numpy(self.projection_.mean),
+                               "components": torch.from_numpy(self.projection_.components)}}
+               if self.projection_ is not None else {}),
         }
         meta = {
             "format": MODEL_FORMAT,
@@ -410,6 +431,8 @@ class AnomalyDetector:
         model.threshold_rule_ = meta["threshold_rule"]
         model.pixel_threshold_ = meta.get("pixel_threshold")
         model.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
+        if "projection" in state:  # saved since the report's one embedding basis
+            model.projection_ = Projection(state["projection"]["mean"].numpy(), state["projection"]["components"].numpy())
         model.pixel_threshold_rule_ = meta.get("pixel_threshold_rule", "none")
         model.val_scores_ = meta["val_scores"]
         model.history_ = meta["history"]

@@ -29,6 +29,7 @@ from medad.data.loading import load_splits, load_test_split
 from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
+from medad.evaluation.projection import fit_projection, project
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
@@ -46,8 +47,8 @@ def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int
     """Score ``images`` with every fitted score and build one :class:`ImageResult` per image.
 
     Images, maps and masks are attached to the ``top_k`` most anomalous images and to the
-    ``top_k`` lowest-scoring abnormal ones (the report's galleries); every result gets a 2-D PCA
-    projection of its embedding.
+    ``top_k`` lowest-scoring abnormal ones (the report's galleries); every result gets the 2-D
+    projection of its embedding in the model's basis (:mod:`medad.evaluation.projection`).
     """
     outputs = model.score_all(images)
     primary = outputs[model.primary]
@@ -56,7 +57,7 @@ def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int
     shown = set(np.argsort(-scores)[:top_k].tolist())
     abnormal = np.flatnonzero(labels == 1)
     shown |= set(abnormal[np.argsort(scores[abnormal])[:top_k]].tolist())
-    projection = _project(model.embed(images).numpy())
+    projection = project(model.embed(images).numpy(), model.projection_)
     results = []
     for i, image_id in enumerate(images.ids):
         keep = i in shown
@@ -77,18 +78,6 @@ def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int
             )
         )
     return ResultSet(results)
-
-
-def _project(embeddings: np.ndarray) -> np.ndarray:
-    """2-D PCA of the embeddings (deterministic; zeros when fewer than 3 images)."""
-    if len(embeddings) < 3:
-        return np.zeros((len(embeddings), 2), dtype=np.float32)
-    centred = embeddings - embeddings.mean(0)
-    _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-    comps = vt[:2]
-    comps *= np.sign(comps[:, :1] + 1e-12)  # fix the sign so runs agree
-    out = centred @ comps.T
-    return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))).astype(np.float32)
 
 
 def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
@@ -189,6 +178,10 @@ def write_evaluation(
     ``diagnostics`` (label-free training diagnostics of the method) are added to the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     top_k = model.config.evaluation.top_k
+    basis_images = val if val is not None and len(val) else test
+    if model.projection_ is None and basis_images is not None and len(basis_images):
+        # a model saved before the basis was stored: one basis for both roles all the same
+        model.projection_ = fit_projection(model.embed(basis_images).numpy())
     parts = []
     if test is not None and len(test):
         parts.append(score_images(model, test, "test", top_k))

@@ -50,7 +50,7 @@ class PadimParams(DetectorParams):
         ("layer1", "layer2", "layer3"), min_length=1, description="encoder layers whose maps are concatenated"
     )
     d: int = Field(100, ge=1, description="random channels kept (capped at the channels available)")
-    seed: int = Field(0, description="seed of the random channel subset")
+    seed: int = Field(0, description="seed of the random channel subset (in a run: train.seed unless set)")
     covariance: Literal["ledoit_wolf", "identity"] = Field(
         "ledoit_wolf",
         description="ledoit_wolf: per-position Ledoit-Wolf shrinkage; identity: sample covariance + epsilon*I (paper)",

@@ -29,7 +29,7 @@ class ReconstructionParams(DetectorParams):
     epochs: int = Field(50, ge=1, description="training epochs of the detector's network(s)")
     lr: float = Field(5e-4, gt=0, description="Adam learning rate")
     batch_size: int = Field(64, ge=2, description="mini-batch size for training and scoring")
-    seed: int = Field(0, description="seed of weight initialisation and data order")
+    seed: int = Field(0, description="seed of weight initialisation and data order (in a run: train.seed unless set)")
     reduction: Reduction = Field("mean", description="reduction of the pixel map to the image score")
 
 

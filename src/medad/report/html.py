@@ -289,7 +289,9 @@ def _galleries(results: ResultSet, top_k: int) -> str:
 def _projection(results: ResultSet) -> str:
     if all(r.projection is None for r in results):
         return _section("projection", _note("No 2-D projections in these results."))
-    return _section("projection", _img(figures.projection_png(results), "2-D projection of embeddings"))
+    note = _note("Encoder embeddings in the plane of the two principal directions of the training normals "
+                 "(one basis for every image, fitted with the model).")
+    return _section("projection", note + _img(figures.projection_png(results), "2-D projection of embeddings"))
 
 
 def _training(history: list[dict] | None) -> str:
