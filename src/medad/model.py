@@ -32,7 +32,7 @@ from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocess import normalize_intensity
 from medad.detectors.base import DetectorOutput
-from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams
+from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
 from medad.evaluation.calibration import normal_map_range, normal_quantile
@@ -284,11 +284,20 @@ class AnomalyDetector:
             raise ValueError(f"unknown score(s) {unknown}; this model has {list(self.detectors_)}")
         return self._score(self.prepare(images), names)
 
+    def score_and_embed(self, images: Images) -> tuple[dict[str, DetectorOutput], Tensor]:
+        """Every fitted score (:meth:`score_all`) and the embeddings (:meth:`embed`) of ``images``
+        in one pass: the images are prepared once and the encoder's plain view is shared."""
+        self._check_fitted()
+        x, cache = self.prepare(images), {}
+        return self._score(x, cache=cache), self._embed(x, cache=cache)
+
     @torch.no_grad()
-    def _score(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, DetectorOutput]:
+    def _score(self, x: Tensor, names: Sequence[str] | None = None, cache: dict | None = None
+               ) -> dict[str, DetectorOutput]:
         """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`;
-        maps are post-processed as ``config.maps`` says and their image scores taken again."""
-        cache: dict = {}
+        maps are post-processed as ``config.maps`` says and their image scores taken again.
+        ``cache`` holds the encoder's views for whoever reads the same ``x`` next."""
+        cache = {} if cache is None else cache
         outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()
                    if names is None or name in names}
         post = self.config.maps
@@ -358,10 +367,9 @@ class AnomalyDetector:
         self._check_fitted()
         return self._embed(self.prepare(images), batch_size)
 
-    @torch.no_grad()
-    def _embed(self, x: Tensor, batch_size: int = 128) -> Tensor:
+    def _embed(self, x: Tensor, batch_size: int = 128, cache: dict | None = None) -> Tensor:
         """:meth:`embed` of images already brought to the model's layout by :meth:`prepare`."""
-        return torch.cat([self.encoder_(b.to(self.device)).cpu() for b in x.split(batch_size)])
+        return cached_view(x, self.encoder_, {} if cache is None else cache, batch_size=batch_size)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

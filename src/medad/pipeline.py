@@ -50,14 +50,14 @@ def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int
     ``top_k`` lowest-scoring abnormal ones (the report's galleries); every result gets the 2-D
     projection of its embedding in the model's basis (:mod:`medad.evaluation.projection`).
     """
-    outputs = model.score_all(images)
+    outputs, embeddings = model.score_and_embed(images)
     primary = outputs[model.primary]
     scores = primary.scores.cpu().numpy()
     labels = images.labels.numpy()
     shown = set(np.argsort(-scores)[:top_k].tolist())
     abnormal = np.flatnonzero(labels == 1)
     shown |= set(abnormal[np.argsort(scores[abnormal])[:top_k]].tolist())
-    projection = project(model.embed(images).numpy(), model.projection_)
+    projection = project(embeddings.numpy(), model.projection_)
     results = []
     for i, image_id in enumerate(images.ids):
         keep = i in shown

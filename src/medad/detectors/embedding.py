@@ -93,6 +93,28 @@ def embed_view(
     return z
 
 
+def cached_view(
+    images: Tensor, encoder: nn.Module, cache: dict, k: int = 0, seed: int = 0, batch_size: int = 128,
+    context: str | None = None,
+) -> Tensor:
+    """:func:`embed_view` computed once per (encoder, images, context, view) and kept in ``cache``:
+    the detectors of one scoring pass and the model's :meth:`~medad.model.AnomalyDetector.embed`
+    share it. View 0 (identity) does not depend on the seed, so detectors without TTA share it.
+
+    >>> cache, x = {}, torch.rand(3, 1, 4, 4)
+    >>> cached_view(x, nn.Flatten(), cache) is cached_view(x, nn.Flatten(), cache)
+    False
+    >>> flat = nn.Flatten()
+    >>> cached_view(x, flat, cache) is cached_view(x, flat, cache)
+    True
+    """
+    key = ("embedding", id(encoder), id(images), context, k, seed if k else None)
+    if key not in cache:
+        # keeping encoder and images alive guarantees their ids are not reused by other objects
+        cache[key] = (encoder, images, embed_view(images, encoder, k, seed, batch_size, context))
+    return cache[key][-1]
+
+
 class EmbeddingDetector(Detector):
     """Base class of detectors on pooled embeddings; subclasses list their fitted buffers in
     ``statistics`` and implement :meth:`_fit` and :meth:`_score` on ``[views, N, D]`` embeddings.
@@ -144,15 +166,7 @@ class EmbeddingDetector(Detector):
             raise ValueError(f"detector {self.name!r} needs the encoder")
         cache = {} if cache is None else cache
         p = self.params
-        views = []
-        for context in [None, *p.contexts]:
-            for k in range(p.tta + 1):
-                # view 0 (identity) does not depend on the seed, so detectors without TTA share it
-                key = ("embedding", id(encoder), id(images), context, k, p.tta_seed if k else None)
-                if key not in cache:
-                    # keeping encoder and images alive guarantees their ids are not reused by other objects
-                    z = embed_view(images, encoder, k, p.tta_seed, p.batch_size, context)
-                    cache[key] = (encoder, images, z)
-                views.append(cache[key][-1])
+        views = [cached_view(images, encoder, cache, k, p.tta_seed, p.batch_size, context)
+                 for context in [None, *p.contexts] for k in range(p.tta + 1)]
         return torch.stack(views)
 
