@@ -440,7 +440,8 @@ class AnomalyDetector:
         model.pixel_threshold_ = meta.get("pixel_threshold")
         model.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
         if "projection" in state:  # saved since the report's one embedding basis
-            model.projection_ = Projection(state["projection"]["mean"].numpy(), state["projection"]["components"].numpy())
+            basis = state["projection"]
+            model.projection_ = Projection(basis["mean"].numpy(), basis["components"].numpy())
         model.pixel_threshold_rule_ = meta.get("pixel_threshold_rule", "none")
         model.val_scores_ = meta["val_scores"]
         model.history_ = meta["history"]

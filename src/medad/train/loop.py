@@ -303,7 +303,8 @@ def train_method(
         for record in history:
             record["selected"] = record["epoch"] == chosen
         if main:
-            log.info("selected epoch %d (best sensitivity score %.4f at epoch %d)", chosen, best["value"], best["epoch"])
+            log.info("selected epoch %d (best sensitivity score %.4f at epoch %d)",
+                     chosen, best["value"], best["epoch"])
     method.eval()
     return history
 
