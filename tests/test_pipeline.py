@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -104,7 +105,13 @@ def test_predict_and_evaluate_reproduce_training_scores(run, dataset, tmp_path):
         assert row["label"] in ("0", "1") and 0.0 <= float(row["normal_quantile"]) <= 1.0
     evaluated, out = evaluate_run(run_dir, dataset)
     assert evaluated["image_auroc"] == pytest.approx(metrics["image_auroc"])
-    assert (out / "report.html").is_file()
+    assert (out / "report.html").is_file() and out == run_dir / "eval" / dataset.name
+    # an evaluation folder names its model, so that its report finds the training history, wherever it is
+    elsewhere, _ = evaluate_run(run_dir / "model", dataset, tmp_path / "somewhere" / "eval")
+    assert elsewhere["model"] == os.path.relpath(run_dir / "model", tmp_path / "somewhere" / "eval")
+    (tmp_path / "somewhere" / "eval" / "report.html").unlink()
+    html = report_run(tmp_path / "somewhere" / "eval").read_text()
+    assert "No training history given" not in html
 
 
 def test_report_rerenders_from_saved_predictions(run):

@@ -1,14 +1,5 @@
-"""Run-level jobs behind the CLI: train, evaluate, predict and report, each writing a run folder.
-
-A run directory holds::
-
-    config.yaml        resolved config; `medad train --config RUN_DIR/config.yaml` repeats the run
-    manifest.csv       every file used, its role and SHA-256
-    model/             model.pt (tensors, weights_only) + model.json (metadata, threshold)
-    checkpoints/       last.pt + last.json, the resumable training state
-    metrics.json       image (and pixel) metrics of every score, threshold and its rule
-    predictions.npz    the per-image result records the report is drawn from
-    report.html        self-contained report
+"""Run-level jobs behind the CLI: train, evaluate and report, each writing a run folder
+(:class:`medad.runfolder.RunFolder` lists its files); ``medad predict`` is :mod:`medad.prediction`.
 """
 
 from __future__ import annotations
@@ -35,6 +26,7 @@ from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
+from medad.runfolder import RunFolder
 from medad.runlock import RunLock
 from medad.runtime import resolve_device
 from medad.train.checkpoint import atomic_write_text
@@ -166,8 +158,9 @@ def labelled_val_block(model: AnomalyDetector, labelled_val: ImageSet, test: Res
 def write_evaluation(
     model: AnomalyDetector,
     test: ImageSet | None,
-    out_dir: Path,
+    folder: RunFolder,
     *,
+    model_dir: Path,
     val: ImageSet | None = None,
     labelled_val: ImageSet | None = None,
     dataset: str = "",
@@ -175,8 +168,9 @@ def write_evaluation(
 ) -> dict[str, Any]:
     """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html.
 
-    ``diagnostics`` (label-free training diagnostics of the method) are added to the metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ``model_dir`` (where ``model`` is saved) is recorded in metrics.json; ``diagnostics``
+    (label-free training diagnostics of the method) are added to the metrics."""
+    folder.root.mkdir(parents=True, exist_ok=True)
     top_k = model.config.evaluation.top_k
     basis_images = val if val is not None and len(val) else test
     if model.projection_ is None and basis_images is not None and len(basis_images):
@@ -190,27 +184,28 @@ def write_evaluation(
     results = ResultSet([r for part in parts for r in part])
     metrics = summarize(model, results)
     metrics["dataset"] = dataset
+    metrics["model"] = folder.link_to(model_dir)
     metrics.update(diagnostics or {})
     if labelled_val is not None and results.with_role("test").has_labels():
         metrics["labelled_val"] = labelled_val_block(model, labelled_val, results.with_role("test"))
     for warning in evaluation_warnings(metrics):
         log.warning(warning)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    atomic_write_text(folder.metrics, json.dumps(_jsonable(metrics), indent=2))
     # Keep maps and masks only where the report shows them; metrics above used them all.
     for r in results:
         if r.image is None:
             r.anomaly_map = r.mask = None
-    results.save(out_dir / "predictions.npz")
-    _render(out_dir, results, metrics, model.history_, top_k)
+    results.save(folder.predictions)
+    _render(folder, results, metrics, model.history_, top_k)
     return metrics
 
 
-def _render(out_dir: Path, results: ResultSet, metrics: dict, history: list[dict], top_k: int) -> Path:
-    """(Re-)render ``out_dir/report.html``; the config shown is the run's ``config.yaml`` if present."""
-    config_path = out_dir / "config.yaml"
-    figures = {p.stem.replace("_", " "): p.read_bytes() for p in sorted((out_dir / "figures").glob("*.png"))}
+def _render(folder: RunFolder, results: ResultSet, metrics: dict, history: list[dict], top_k: int) -> Path:
+    """(Re-)render the folder's report.html; the config shown is the run's ``config.yaml`` if present."""
+    config_path = folder.config
+    figures = {p.stem.replace("_", " "): p.read_bytes() for p in sorted(folder.figures.glob("*.png"))}
     return render_report(
-        results, metrics, out_dir / "report.html",
+        results, metrics, folder.report,
         title=f"medad: {metrics.get('method')} + {metrics.get('detector')} on {metrics.get('dataset') or 'data'}",
         config_yaml=config_path.read_text() if config_path.is_file() else None,
         history=history,
@@ -259,32 +254,32 @@ def train_run(
     """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     joined = distributed.init_from_env(resolve_device(config.train.device))
     try:
         with ExitStack() as stack:
             problem: Exception | None = None
             if distributed.is_main():
                 try:  # the lock is taken before the check, so that two starts cannot both pass it
-                    stack.enter_context(RunLock(run_dir))
-                    if not (resume or overwrite) and any((run_dir / p).exists() for p in ("model", "checkpoints")):
+                    stack.enter_context(RunLock(folder.root))
+                    if not (resume or overwrite) and folder.holds_run():
                         raise FileExistsError(
-                            f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace "
-                            "it, or choose another --out"
+                            f"{folder.root} already holds a run: pass --resume to continue it, --overwrite to "
+                            "replace it, or choose another --out"
                         )
                 except (OSError, RuntimeError) as exc:
                     problem = exc
             problem = distributed.broadcast_object(problem)  # every rank stops on rank 0's refusal
             if problem is not None:
                 raise problem
-            return _train_locked(config, run_dir, resume)
+            return _train_locked(config, folder, resume)
     finally:
         if joined:
             distributed.shutdown()
 
 
-def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
-    """The body of :func:`train_run`, run while ``run_dir`` is locked."""
+def _train_locked(config: RunConfig, folder: RunFolder, resume: bool) -> dict[str, Any]:
+    """The body of :func:`train_run`, run while the folder is locked."""
     main = distributed.is_main()
     if not main:
         config = config.model_copy(update={"train": config.train.model_copy(update={"progress": False})})
@@ -293,8 +288,8 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
     if main:
         for bad_id, reason in splits.skipped:
             log.warning("skipped %s: %s", bad_id, reason)
-        splits.manifest.write_csv(run_dir / "manifest.csv")
-        save_config(config, run_dir / "config.yaml")
+        splits.manifest.write_csv(folder.manifest)
+        save_config(config, folder.config)
     digest = splits.manifest.digest()
     log.info("data: %d train, %d val, %d test images", len(splits.train), len(splits.val),
              0 if splits.test is None else len(splits.test))
@@ -302,55 +297,46 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
     model.fit(
         splits.train, splits.val,
         unlabeled=splits.unlabeled,
-        checkpoint_path=run_dir / "checkpoints" / "last.pt",
+        checkpoint_path=folder.checkpoint,
         resume=resume,
         fingerprint=fingerprint(config, digest),
     )
     if not main:
         return {}
     model.manifest_sha256_ = digest
-    model.save(run_dir / "model")
+    model.save(folder.model)
     method = build_method(config.method, model.encoder_)
     method.example_figure(model.prepare(splits.train.images[:4]),
-                          run_dir / "figures" / f"{config.method.name}_examples.png")
+                          folder.figures / f"{config.method.name}_examples.png")
     val = model.prepare(splits.val)
     return write_evaluation(
-        model, splits.test, run_dir, val=splits.val, labelled_val=splits.labelled_val,
+        model, splits.test, folder, model_dir=folder.model, val=splits.val, labelled_val=splits.labelled_val,
         dataset=Path(config.data.path).name, diagnostics=method.diagnostics(val) | model.diagnostics(val),
     )
 
 
 def evaluate_run(model_dir: str | Path, data: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path]:
-    """Score the test split of ``data`` with a saved model: the job behind ``medad evaluate``."""
+    """Score the test split of ``data`` with a saved model: the job behind ``medad evaluate``.
+    The results go to ``out_dir``, by default the run's ``eval/<data name>/``."""
     model = AnomalyDetector.load(model_dir)
     data_cfg = model.config.data.model_copy(update={"path": str(data), "unlabeled": None, "labelled_val": None})
     test = load_test_split(data_cfg)
-    out = Path(out_dir) if out_dir else _run_dir_of(model_dir) / "eval" / Path(data).name
-    metrics = write_evaluation(model, test, out, dataset=Path(data).name)
-    return metrics, out
-
-
-def _run_dir_of(model_dir: str | Path) -> Path:
-    path = Path(model_dir)
-    return path.parent if path.name == "model" else path
+    run = RunFolder.of_model(model_dir)
+    out = RunFolder(out_dir) if out_dir else run.evaluation(data)
+    metrics = write_evaluation(model, test, out, model_dir=run.model, dataset=Path(data).name)
+    return metrics, out.root
 
 
 def report_run(run_dir: str | Path) -> Path:
     """Re-render ``report.html`` from a run's saved predictions: the job behind ``medad report``."""
-    run_dir = Path(run_dir)
-    missing = [n for n in ("predictions.npz", "metrics.json") if not (run_dir / n).is_file()]
+    folder = RunFolder(run_dir)
+    missing = [p.name for p in (folder.predictions, folder.metrics) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{run_dir} has no {', '.join(missing)}: run `medad train` or `medad evaluate` first")
-    results = ResultSet.load(run_dir / "predictions.npz")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    model_dir = _find_model_dir(run_dir)
+        raise FileNotFoundError(f"{folder.root} has no {', '.join(missing)}: run `medad train` or `medad evaluate` "
+                                "first")
+    results = ResultSet.load(folder.predictions)
+    metrics = json.loads(folder.metrics.read_text())
+    model_dir = folder.model_of(metrics)
     meta = json.loads((model_dir / "model.json").read_text()) if model_dir else {}
     top_k = meta.get("config", {}).get("evaluation", {}).get("top_k", 8)
-    return _render(run_dir, results, metrics, meta.get("history", []), top_k)
-
-
-def _find_model_dir(run_dir: Path) -> Path | None:
-    for candidate in (run_dir / "model", run_dir.parent.parent / "model"):
-        if (candidate / "model.json").is_file():
-            return candidate
-    return None
+    return _render(folder, results, metrics, meta.get("history", []), top_k)
