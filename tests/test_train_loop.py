@@ -238,7 +238,7 @@ def test_auroc_standard_error_matches_the_spread_of_a_null_auroc():
 
 
 def test_sensitivity_score_is_an_auroc_of_held_out_training_vs_validation_normals():
-    from medad.train.selection import SensitivityScore
+    from medad.detectors.sensitivity import SensitivityScore
 
     torch.manual_seed(0)
     train = torch.rand(40, 1, 4, 4)

@@ -35,6 +35,7 @@ from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
+from medad.detectors.sensitivity import SensitivityScore
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
@@ -46,7 +47,6 @@ from medad.runtime import resolve_device, seed_everything, set_threads
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.loop import train_method
 from medad.train.networks import network_checkpoints
-from medad.train.selection import SensitivityScore
 
 log = logging.getLogger("medad")
 

@@ -149,7 +149,7 @@ def train_method(
     ``resume=True`` continues from it; ``fingerprint`` (e.g. a hash of the config and data
     manifest) must match the checkpoint's, so a run is never resumed with other settings.
 
-    ``sensitivity`` (e.g. a :class:`~medad.train.selection.SensitivityScore`) is evaluated on the
+    ``sensitivity`` (e.g. a :class:`~medad.detectors.sensitivity.SensitivityScore`) is evaluated on the
     encoder at every checkpoint epoch and recorded in the history with its standard error. With
     ``cfg.select_by == "sensitivity"`` the best-scoring checkpoint is kept (in memory and as
     ``best.pt`` beside ``checkpoint_path``) and its weights are restored at the end if

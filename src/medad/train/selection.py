@@ -1,26 +1,12 @@
-"""Label-free model selection: Rafiee et al.'s sensitivity score.
+"""Label-free checkpoint selection: which epoch to keep, from a score with a standard error.
 
-The sensitivity score (Rafiee's thesis, section 6 / ICANN 2022 section 3.4) asks how strongly the
-current encoder tells images it was trained on from unseen normal images. B training normals are
-held out of the *reference* set (they stay in training), a detector is fitted on the remaining
-training normals, and the score is the AUROC separating the held-out training normals (negatives)
-from the validation normals (positives). No abnormal image is involved. The thesis finds that, in
-the range near 0.5, models with a higher sensitivity detect anomalies better, and uses it to pick
-hyper-parameters; medad also uses it to pick a checkpoint (``train.select_by: sensitivity``).
-
-The score is an AUROC over few images (B = 64 held-out normals against some dozens of validation
-normals), so its standard error is about 0.05 near 0.5 — as large as the differences between the
-checkpoints of one run in ``benchmarks/selfsupervised.py``. :func:`choose_checkpoint` therefore
-keeps the last epoch unless another checkpoint scores higher by more than ``margin`` standard
-errors of the difference.
-
->>> import torch
->>> from torch import nn
->>> score = SensitivityScore(torch.rand(40, 1, 4, 4), torch.rand(10, 1, 4, 4), holdout=10)
->>> 0.0 <= score(nn.Flatten()) <= 1.0
-True
->>> round(score.standard_error(0.5), 3)
-0.132
+The training loop scores the encoder at every checkpoint with a :class:`CheckpointScore` — in a
+run, Rafiee's sensitivity score (:class:`medad.detectors.sensitivity.SensitivityScore`). That score
+is an AUROC over few images (B = 64 held-out normals against some dozens of validation normals), so
+its standard error is about 0.05 near 0.5 — as large as the differences between the checkpoints of
+one run in ``benchmarks/selfsupervised.py``. :func:`choose_checkpoint` therefore keeps the last
+epoch unless another checkpoint scores higher by more than ``margin`` standard errors of the
+difference.
 """
 
 from __future__ import annotations
@@ -29,12 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import torch
-from sklearn.metrics import roc_auc_score
-from torch import Tensor, nn
-
-from medad.detectors.registry import build_detector
-from medad.runtime import module_device
+from torch import nn
 
 
 def auroc_standard_error(auroc: float, n_positive: int, n_negative: int) -> float:
@@ -84,39 +65,3 @@ def choose_checkpoint(history: Sequence[dict[str, Any]], margin: float = 1.0) ->
     best = max(scored, key=lambda h: h["sensitivity"])  # earliest of equal scores
     noise = math.hypot(best.get("sensitivity_se", 0.0), last.get("sensitivity_se", 0.0))
     return best["epoch"] if best["sensitivity"] - last["sensitivity"] > margin * noise else last["epoch"]
-
-
-class SensitivityScore:
-    """Callable ``encoder -> sensitivity`` with a fixed, seeded split of the training normals.
-
-    ``detector`` names the embedding score used (``nnd``: the cosine nearest-neighbour score, the
-    closest medad score to the thesis's cosine score). At most half of the training images are
-    held out.
-    """
-
-    def __init__(
-        self, train: Tensor, val: Tensor, holdout: int = 64, detector: str = "nnd", seed: int = 0
-    ):
-        if len(val) < 1 or len(train) < 4:
-            raise ValueError(
-                f"the sensitivity score needs validation normals and >= 4 training images, "
-                f"got {len(val)} and {len(train)}"
-            )
-        b = max(1, min(holdout, len(train) // 2))
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        self.held_out, self.reference, self.val = train[order[:b]], train[order[b:]], val
-        self.detector = detector
-
-    @torch.no_grad()
-    def __call__(self, encoder: nn.Module) -> float:
-        det = build_detector(self.detector, {}).to(module_device(encoder))
-        det.fit(self.reference, encoder)
-        cache: dict = {}
-        held = det.score(self.held_out, encoder, cache).scores
-        val = det.score(self.val, encoder, cache).scores
-        labels = torch.cat([torch.zeros(len(held)), torch.ones(len(val))])
-        return float(roc_auc_score(labels.numpy(), torch.cat([held, val]).numpy()))
-
-    def standard_error(self, value: float) -> float:
-        """Hanley–McNeil standard error of a score ``value`` from this split's image counts."""
-        return auroc_standard_error(value, len(self.val), len(self.held_out))
