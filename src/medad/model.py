@@ -30,7 +30,7 @@ from medad import __version__
 from medad import distributed
 from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
-from medad.data.preprocess import normalize_intensity
+from medad.data.preprocess import normalize_intensity, to_grey
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.maps import postprocess_maps, reduce_maps
@@ -147,7 +147,7 @@ class AnomalyDetector:
             if x.shape[1] == 1:
                 x = x.expand(-1, channels, -1, -1)
             elif x.shape[1] == 3 and channels == 1:
-                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                x = to_grey(x)
             else:
                 raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
         if x.shape[-2:] != (size, size):

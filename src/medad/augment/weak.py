@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as in PIL's "L" conversion
+from medad.data.preprocess import to_grey
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -112,8 +112,7 @@ def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | Non
     if x.shape[1] != 3:
         raise ValueError(f"random_grayscale needs 1 or 3 channels, got {x.shape[1]}")
     pick = _rand((x.shape[0],), generator, x).view(-1, 1, 1, 1) < p
-    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    grey = (x * luma).sum(dim=1, keepdim=True).expand_as(x)
+    grey = to_grey(x).expand_as(x)
     return torch.where(pick, grey, x)
 
 

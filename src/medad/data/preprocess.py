@@ -21,7 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medad.data.readers import ImageReadError
+from medad.data.readers import LUMINANCE, ImageReadError
+
+
+def to_grey(images: Tensor) -> Tensor:
+    """RGB ``[N, 3, H, W]`` -> grey ``[N, 1, H, W]`` with the readers' luminance weights.
+
+    >>> to_grey(torch.ones(2, 3, 4, 4)).shape, round(float(to_grey(torch.ones(1, 3, 1, 1))), 6)
+    (torch.Size([2, 1, 4, 4]), 1.0)
+    """
+    weights = torch.as_tensor(LUMINANCE, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
 
 
 def to_tensor_batch(arrays: Sequence[np.ndarray], image_size: int) -> Tensor:

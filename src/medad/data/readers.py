@@ -63,6 +63,7 @@ IMAGE_EXTENSIONS = PIL_EXTENSIONS | DICOM_EXTENSIONS | NIFTI_EXTENSIONS
 """File name endings read as images (case-insensitive); extension-less files with a DICOM preamble too."""
 
 LUMINANCE = np.array([0.299, 0.587, 0.114])
+"""Grey from RGB, ITU-R BT.601 as in PIL's "L" conversion: the one set of weights (files, tensors, augmentations)."""
 
 NiftiSlices = str | int
 
