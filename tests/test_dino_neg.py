@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from torch import nn
 
 from medad.config import MethodConfig, TrainConfig
+from medad.data.preprocess import normalize_intensity
+from medad.data.preprocessor import Preprocessor
 from medad.data.synthetic import make_phantoms
 from medad.methods.dino_neg import DinoNegMethod, distillation_loss, uniformity_loss
 from medad.methods.registry import METHODS, build_method
@@ -160,10 +162,10 @@ def test_auxiliary_images_become_negatives(tmp_path) -> None:
     assert all(any(torch.equal(row, a) for a in aux) for row in negatives)
     shifted = small_method(aux_path=str(tmp_path), aux_fraction=1.0, negatives=["pixel_shuffle"]).negative_images(x)
     assert not any(torch.equal(row, a) for row in shifted for a in aux)
-    # the run's preprocessing (AnomalyDetector.prepare, set by fit) reaches the auxiliary images
+    # the run's preprocessing (the model's Preprocessor, set by fit) reaches the auxiliary images
     prepared = small_method(aux_path=str(tmp_path), aux_fraction=1.0, aux_shift=False)
-    prepared.prepare = lambda images: 1 - images.images
-    assert torch.allclose(prepared.aux_images(x), 1 - aux)
+    prepared.preprocessor = Preprocessor(image_size=16, channels=1, intensity="minmax")
+    assert torch.allclose(prepared.aux_images(x), normalize_intensity(aux, "minmax"))
 
 
 def test_params_are_validated_and_the_method_is_registered() -> None:

@@ -13,7 +13,8 @@ from PIL import Image
 
 from medad.config import DataConfig
 from medad.data.imageset import ImageSet
-from medad.data.loading import load_images, load_splits
+from medad.data.loading import load_splits
+from medad.data.preprocessor import Preprocessor
 from medad.data.manifest import Manifest
 from medad.data.pool import build_pool
 from medad.data.readers import ImageReadError
@@ -153,15 +154,14 @@ def test_labelled_val_and_unlabeled_sources(phantoms, tmp_path):
         load_splits(config(phantoms, labelled_val=str(labelled)), seed=0)
 
 
-def test_load_images_files_and_folders(phantoms, tmp_path):
-    images = load_images(
-        [phantoms / "test/good", phantoms / "test/lesion/0000.png"], image_size=8, channels=3
-    )
+def test_preprocessor_reads_files_and_folders(phantoms, tmp_path):
+    images = Preprocessor(image_size=8, channels=3).read([phantoms / "test/good", phantoms / "test/lesion/0000.png"])
     assert len(images) == 4 and images.images.shape == (4, 3, 8, 8) and set(images.labels.tolist()) == {-1}
+    grey = Preprocessor(image_size=8, channels=1)
     with pytest.raises(ImageReadError, match="missing.png: file not found"):
-        load_images([tmp_path / "missing.png"], image_size=8, channels=1)
+        grey.read([tmp_path / "missing.png"])
     with pytest.raises(ValueError, match="none of the 1 given images could be read"):
-        load_images([tmp_path / "missing.png"], image_size=8, channels=1, on_error="skip")
+        grey.read([tmp_path / "missing.png"], on_error="skip")
 
 
 def imageset(n, value):

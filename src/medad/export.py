@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from medad import __version__
 from medad.config import RunConfig
+from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector
 from medad.model import AnomalyDetector
@@ -92,12 +93,10 @@ class ExportResult:
 
 def metadata(model: AnomalyDetector, spatial: bool) -> dict[str, Any]:
     """What a user of the graph needs besides the weights (stored as JSON in the ONNX file)."""
-    data = model.config.data
     return {
         "medad_version": __version__,
         "primary": model.primary,
-        "input": {"name": "image", "layout": "NCHW float32 in [0, 1]", "image_size": data.image_size,
-                  "channels": data.channels, "intensity": data.intensity},
+        "input": {"name": "image", "layout": "NCHW float32 in [0, 1]", **model.preprocessor.metadata()},
         "outputs": ["score", "anomaly_map"] if spatial else ["score"],
         "threshold": model.threshold_,
         "threshold_rule": model.threshold_rule_,
@@ -148,7 +147,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, check_images: Any = None
 
 class OnnxModel:
     """An exported graph with the parts of :class:`AnomalyDetector` that ``medad predict`` reads:
-    ``config``, ``primary``, ``prepare``, ``score_all``, the thresholds, the validation-normal
+    ``config``, ``preprocessor``, ``primary``, ``prepare``, ``score_all``, the thresholds, the validation-normal
     scores and the colour scale, all from the file's metadata."""
 
     def __init__(self, path: str | Path):
@@ -161,18 +160,17 @@ class OnnxModel:
             raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")
         meta = json.loads(props["medad"])
         self.config = RunConfig.model_validate(meta["config"])
-        self.config.train.device = "cpu"  # onnxruntime runs the graph; torch only prepares the images
+        self.preprocessor = Preprocessor.from_metadata(meta["input"])
         self.primary: str = meta["primary"]
         self.threshold_: float | None = meta["threshold"]
         self.pixel_threshold_: float | None = meta["pixel_threshold"]
         self.val_scores_: list[float] = meta["val_scores"]
         self.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
         self.detectors_ = {self.primary: None}
-        self._preprocess = AnomalyDetector(self.config)  # unfitted: its prepare() reads the config only
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def prepare(self, images: Any) -> Tensor:
-        return self._preprocess.prepare(images)
+        return self.preprocessor(images)
 
     def score_all(self, images: Any, names: Any = None) -> dict[str, DetectorOutput]:
         """The primary score (and map) of ``images``; the graph holds no other score."""

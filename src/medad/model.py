@@ -23,14 +23,13 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medad import __version__
 from medad import distributed
 from medad.config import RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
-from medad.data.preprocess import normalize_intensity, to_grey
+from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.maps import postprocess_maps, reduce_maps
@@ -125,34 +124,16 @@ class AnomalyDetector:
         """Name of the score used for the threshold and predictions."""
         return self.config.detector.name
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The model's input conversion (:mod:`medad.data.preprocessor`), from ``config.data``."""
+        return Preprocessor.from_config(self.config.data)
+
     def prepare(self, images: Images) -> Tensor:
         """Bring any accepted input (path, :class:`ImageSet`, tensor or array) to float32
         ``[N, C, S, S]`` in [0, 1] in the model's layout, with the configured per-image intensity
         scaling (``data.intensity``) applied: what the encoder and the detectors see."""
-        size, channels = self.config.data.image_size, self.config.data.channels
-        if isinstance(images, (str, Path)):
-            from medad.data.loading import load_images
-
-            images = load_images([images], image_size=size, channels=channels,
-                                 nifti_slices=self.config.data.nifti_slices)
-        x = images.images if isinstance(images, ImageSet) else torch.as_tensor(np.asarray(images))
-        if x.ndim == 3:
-            x = x.unsqueeze(1)
-        if x.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W] or [N, H, W], got shape {tuple(x.shape)}")
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or Inf values")
-        if x.shape[1] != channels:
-            if x.shape[1] == 1:
-                x = x.expand(-1, channels, -1, -1)
-            elif x.shape[1] == 3 and channels == 1:
-                x = to_grey(x)
-            else:
-                raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return normalize_intensity(x.clamp(0, 1), self.config.data.intensity).contiguous()
+        return self.preprocessor(images)
 
     def _check_fitted(self) -> None:
         if self.encoder_ is None or not self.detectors_:
@@ -210,7 +191,7 @@ class AnomalyDetector:
         t0 = time.perf_counter()
         encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
         method = build_method(cfg.method, encoder)
-        method.prepare = self.prepare
+        method.preprocessor = self.preprocessor
         can_score = len(val) >= 1 and len(train) >= 4 and cfg.train.sensitivity_holdout > 0 and cfg.train.epochs > 0
         pretrain = method.trains and any(detector_class(name).needs_encoder for name in self.score_names())
         if method.trains and not pretrain:
@@ -387,13 +368,7 @@ class AnomalyDetector:
             "format": MODEL_FORMAT,
             "medad_version": __version__,
             "config": self.config.model_dump(mode="json"),
-            "preprocessing": {
-                "image_size": self.config.data.image_size,
-                "channels": self.config.data.channels,
-                "nifti_slices": self.config.data.nifti_slices,
-                "intensity": self.config.data.intensity,
-                "resize": "square, bilinear with antialias",
-            },
+            "preprocessing": self.preprocessor.metadata(),
             "scores": list(self.detectors_),
             "score_params": {name: det.params.model_dump(mode="json") for name, det in self.detectors_.items()},
             "primary": self.primary,

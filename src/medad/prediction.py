@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from medad.data.folder import FileItem, load_files
+from medad.data.folder import FileItem
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
     NIFTI_EXTENSIONS,
@@ -108,7 +108,7 @@ def predict_run(
             log.warning("an exported model holds its primary score only: --scores all gives %r", model.primary)
     else:
         model = AnomalyDetector.load(model_dir, device)
-    cfg = model.config.data
+    preprocessor = model.preprocessor
     files = output_names(inputs)
     names = list(model.detectors_) if scores == "all" else [model.primary]
     out = Path(out_dir)
@@ -121,8 +121,7 @@ def predict_run(
         writer.writerow(["path", "score", "label", "normal_quantile", *names, *(DICOM_IDENTIFIERS if dicom else ())])
         task = bar.add_task("predict", total=len(files), info="")
         for chunk in _batches(files, batch_size):
-            loaded = load_files([FileItem(f) for f, _ in chunk], image_size=cfg.image_size, channels=cfg.channels,
-                                nifti_slices=cfg.nifti_slices, on_error=cfg.on_error)
+            loaded = preprocessor.read_files([FileItem(f) for f, _ in chunk], on_error=model.config.data.on_error)
             bar.advance(task, len(chunk))
             skipped += len(loaded.skipped)
             images = loaded.images

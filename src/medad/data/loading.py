@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from medad.config import DataConfig
-from medad.data.folder import FileItem, Loaded, load_files, load_plain_folder, scan_folder, scan_labelled
+from medad.data.folder import FileItem, Loaded, load_plain_folder, scan_folder, scan_labelled
 from medad.data.imageset import ABNORMAL, NORMAL, ImageSet
 from medad.data.manifest import Manifest
 from medad.data.medmnist import load_medmnist, load_npz_images
-from medad.data.readers import NiftiSlices, list_image_files
+from medad.data.preprocessor import Preprocessor
 
 log = logging.getLogger("medad.data")
 
@@ -134,34 +134,6 @@ def load_test_split(cfg: DataConfig) -> ImageSet:
     return images
 
 
-def load_images(
-    paths: list[str | Path],
-    *,
-    image_size: int,
-    channels: int,
-    nifti_slices: NiftiSlices = "middle",
-    on_error: str = "raise",
-) -> ImageSet:
-    """Images to predict on: files, and the images directly inside folders; labels -1.
-
-    >>> import tempfile, numpy as np
-    >>> from PIL import Image
-    >>> path = tempfile.mkdtemp() + "/x.png"
-    >>> Image.fromarray(np.zeros((10, 10), np.uint8)).save(path)
-    >>> s = load_images([path], image_size=8, channels=3)
-    >>> s.images.shape, s.labels.tolist()
-    (torch.Size([1, 3, 8, 8]), [-1])
-    """
-    files = [f for p in map(Path, paths) for f in (list_image_files(p) if p.is_dir() else [p])]
-    loaded = load_files(
-        [FileItem(f) for f in files],
-        image_size=image_size, channels=channels, nifti_slices=nifti_slices, on_error=on_error,
-    )
-    if len(loaded.images) == 0:
-        raise ValueError(f"none of the {len(files)} given images could be read")
-    return loaded.images
-
-
 def _folder_files(root: Path, cfg: DataConfig, seed: int) -> tuple[list[FileItem], list[FileItem], list[FileItem]]:
     """Training/validation normal files (seeded split of ``train/good``) and the test files."""
     layout = scan_folder(root)
@@ -179,9 +151,7 @@ def _folder_files(root: Path, cfg: DataConfig, seed: int) -> tuple[list[FileItem
 
 
 def _load(items: list[FileItem], cfg: DataConfig) -> Loaded:
-    return load_files(
-        items, image_size=cfg.image_size, channels=cfg.channels, nifti_slices=cfg.nifti_slices, on_error=cfg.on_error
-    )
+    return Preprocessor.from_config(cfg).read_files(items, cfg.on_error)
 
 
 def _unlabeled(cfg: DataConfig) -> tuple[Loaded, str, Path]:

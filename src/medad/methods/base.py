@@ -8,12 +8,13 @@ optimiser, progress, checkpoints, resume.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
+
+from medad.data.preprocessor import Preprocessor
 
 
 class MethodParams(BaseModel):
@@ -38,10 +39,11 @@ class PretrainMethod(nn.Module, ABC):
         super().__init__()
         self.encoder = encoder
         self.params = self.Params(**params)
-        self.prepare: Callable[[Any], Tensor] | None = None
-        """The run's preprocessing (:meth:`medad.model.AnomalyDetector.prepare`), set by ``fit``:
-        a method that reads images of its own (DINO's auxiliary negatives) brings them through it,
-        so that they get the same size, channels and ``data.intensity`` scaling as the batches."""
+        self.preprocessor: Preprocessor | None = None
+        """The run's input conversion (:class:`~medad.data.preprocessor.Preprocessor`), set by
+        ``fit``: a method that reads images of its own (DINO's auxiliary negatives) brings them
+        through it, so that they get the same size, channels and ``data.intensity`` scaling as the
+        batches."""
 
     @abstractmethod
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from medad import distributed
 from medad.augment.negatives import check_kinds, make_negatives
 from medad.augment.weak import WeakAugment
-from medad.data.loading import load_images
+from medad.data.preprocessor import Preprocessor
 from medad.methods.base import MethodParams, PretrainMethod
 
 
@@ -326,12 +326,12 @@ class DinoNegMethod(PretrainMethod):
 
     def aux_images(self, like: Tensor) -> Tensor:
         """The auxiliary images at the size and channels of ``like`` (read once, kept on the CPU),
-        through the run's preprocessing (``self.prepare``, with its intensity scaling) when set."""
+        through the run's preprocessing (``self.preprocessor``, with its intensity scaling) when set."""
         if self._aux is None or self._aux.shape[1:] != like.shape[1:]:
             if like.shape[-1] != like.shape[-2]:
                 raise ValueError(f"auxiliary negatives need square batches, got {tuple(like.shape[-2:])}")
-            loaded = load_images([self.params.aux_path], image_size=like.shape[-1], channels=like.shape[1])
-            self._aux = loaded.images if self.prepare is None else self.prepare(loaded).cpu()
+            preprocessor = self.preprocessor or Preprocessor(image_size=like.shape[-1], channels=like.shape[1])
+            self._aux = preprocessor(self.params.aux_path).cpu()
             if self._aux.shape[1:] != like.shape[1:]:
                 raise ValueError(f"auxiliary negatives of shape {tuple(self._aux.shape[1:])} do not match the "
                                  f"batches {tuple(like.shape[1:])}")
