@@ -178,3 +178,19 @@ def test_params_are_validated_and_the_method_is_registered() -> None:
     assert METHODS["dino_neg"] is DinoNegMethod
     m = build_method(MethodConfig(name="dino_neg", params={"out_dim": 32}), ToyEncoder())
     assert m.teacher_head.last_layer.out_features == 32
+
+
+@pytest.mark.parametrize("batches, independent", [("separate", True), ("shared", False)])
+def test_separate_negative_batches_keep_the_positive_views_batchnorm_to_themselves(batches, independent) -> None:
+    """issue 14 item 11: with negative_batches=separate the student's BatchNorm (in its head here)
+    normalises the positive views among themselves, so L_pos does not depend on the negatives."""
+    torch.manual_seed(0)
+    m = small_method(negative_batches=batches)
+    x, centre = torch.rand(6, 1, 16, 16), m.centre.clone()
+    losses = []
+    for weight in (1.0, 0.0):  # with negatives, and with none drawn at all
+        m.params = m.params.model_copy(update={"negative_weight": weight})
+        m.centre.copy_(centre)
+        torch.manual_seed(1)  # the same positive views (they are drawn before the negatives)
+        losses.append(m.training_loss(x)["loss_pos"])
+    assert torch.allclose(losses[0], losses[1]) == independent

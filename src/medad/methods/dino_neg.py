@@ -229,6 +229,10 @@ class DinoNegParams(MethodParams):
     aux_path: str | None = Field(None, description="folder of auxiliary images used as negatives too")
     aux_fraction: float = Field(0.5, ge=0, le=1, description="share of negatives drawn from aux_path")
     aux_shift: bool = Field(True, description="shift auxiliary negatives too (the paper's 'Rot. ImgN')")
+    negative_batches: Literal["shared", "separate"] = Field(
+        "shared", description="student forward pass of the negatives: in the same BatchNorm batches as the "
+        "positive views (shared, as built first), or in batches of their own (separate)"
+    )
 
     @field_validator("negatives")
     @classmethod
@@ -348,7 +352,11 @@ class DinoNegMethod(PretrainMethod):
             shifted = self.negative_images(images)
             full.append(self.views.global_view(shifted, 1))
             small += [self.views.local_view(shifted) for _ in range(p.n_local_negatives)]
-        student_full, student_small = self.student(full, n), self.student(small, n)
+        if with_negatives and p.negative_batches == "separate":  # positives' BatchNorm sees positives only
+            student_full = torch.cat([self.student(full[:2], n), self.student(full[2:], n)])
+            student_small = torch.cat([self.student(small[: p.n_local], n), self.student(small[p.n_local :], n)])
+        else:
+            student_full, student_small = self.student(full, n), self.student(small, n)
         student_pos = torch.cat([student_full[:2], student_small[: p.n_local]])
         loss = loss_pos = distillation_loss(student_pos, teacher, self.centre, p.student_temp, self.teacher_temp)
         terms = {"loss_pos": loss_pos.detach()}
