@@ -39,6 +39,7 @@ from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.evaluation.projection import Projection, fit_projection
+from medad.methods.base import PretrainMethod
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
 from medad.progress import progress_enabled
@@ -105,6 +106,10 @@ class AnomalyDetector:
             self.config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
         self.device = resolve_device(self.config.train.device)
         self.encoder_: nn.Module | None = None
+        self.method_: PretrainMethod | None = None  # the fitted method with its heads; not saved (load: None)
+        self.validation_pass_: tuple[dict[str, DetectorOutput], Tensor] | None = None
+        """Every score and the embeddings of the validation normals from fitting (not saved), so that
+        the run's report does not score them again."""
         self.detectors_ = nn.ModuleDict()
         self.threshold_: float | None = None
         self.threshold_rule_: str = "none"
@@ -206,6 +211,7 @@ class AnomalyDetector:
         if not method.trains:
             method.calibrate(train.to(self.device))
         self.encoder_ = method.encoder.to(self.device).eval()
+        self.method_ = method.eval()
         if not distributed.is_main():
             return self
         # detectors' own networks are saved beside the pre-training checkpoint, and resumed
@@ -240,7 +246,10 @@ class AnomalyDetector:
         self.projection_ = fit_projection(self._embed(train[some]).numpy())
 
         if len(val):
-            out = self._score(val)[self.primary]
+            cache: dict = {}
+            outputs = self._score(val, cache=cache)
+            self.validation_pass_ = (outputs, self._embed(val, cache=cache))
+            out = outputs[self.primary]
             self.val_scores_ = out.scores.tolist()
             self.threshold_, self.threshold_rule_ = quantile_threshold(
                 np.asarray(self.val_scores_), cfg.evaluation.threshold_quantile

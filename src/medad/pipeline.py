@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from medad import distributed
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_splits, load_test_split
+from medad.detectors.base import DetectorOutput
 from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.projection import fit_projection, project
 from medad.evaluation.records import ImageResult, ResultSet
-from medad.methods.registry import build_method
 from medad.model import AnomalyDetector
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
@@ -35,14 +36,19 @@ log = logging.getLogger("medad")
 
 
 # -- results and metrics ------------------------------------------------------------------------
-def score_images(model: AnomalyDetector, images: ImageSet, role: str, top_k: int = 8) -> ResultSet:
+def score_images(
+    model: AnomalyDetector, images: ImageSet, role: str, top_k: int = 8,
+    scored: tuple[dict[str, DetectorOutput], Tensor] | None = None,
+) -> ResultSet:
     """Score ``images`` with every fitted score and build one :class:`ImageResult` per image.
 
     Images, maps and masks are attached to the ``top_k`` most anomalous images and to the
     ``top_k`` lowest-scoring abnormal ones (the report's galleries); every result gets the 2-D
     projection of its embedding in the model's basis (:mod:`medad.evaluation.projection`).
+    ``scored`` (every score and the embeddings of ``images``, e.g. ``model.validation_pass_``)
+    spares scoring them again.
     """
-    outputs, embeddings = model.score_and_embed(images)
+    outputs, embeddings = scored if scored is not None else model.score_and_embed(images)
     primary = outputs[model.primary]
     scores = primary.scores.cpu().numpy()
     labels = images.labels.numpy()
@@ -162,14 +168,16 @@ def write_evaluation(
     *,
     model_dir: Path,
     val: ImageSet | None = None,
+    val_scored: tuple[dict[str, DetectorOutput], Tensor] | None = None,
     labelled_val: ImageSet | None = None,
     dataset: str = "",
     diagnostics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html.
 
-    ``model_dir`` (where ``model`` is saved) is recorded in metrics.json; ``diagnostics``
-    (label-free training diagnostics of the method) are added to the metrics."""
+    ``model_dir`` (where ``model`` is saved) is recorded in metrics.json; ``val_scored`` is what
+    :func:`score_images` may reuse for ``val``; ``diagnostics`` (label-free training diagnostics of
+    the method) are added to the metrics."""
     folder.root.mkdir(parents=True, exist_ok=True)
     top_k = model.config.evaluation.top_k
     basis_images = val if val is not None and len(val) else test
@@ -180,7 +188,7 @@ def write_evaluation(
     if test is not None and len(test):
         parts.append(score_images(model, test, "test", top_k))
     if val is not None and len(val):
-        parts.append(score_images(model, val, "val", top_k=0))
+        parts.append(score_images(model, val, "val", top_k=0, scored=val_scored))
     results = ResultSet([r for part in parts for r in part])
     metrics = summarize(model, results)
     metrics["dataset"] = dataset
@@ -305,12 +313,13 @@ def _train_locked(config: RunConfig, folder: RunFolder, resume: bool) -> dict[st
         return {}
     model.manifest_sha256_ = digest
     model.save(folder.model)
-    method = build_method(config.method, model.encoder_)
+    method = model.method_  # the trained method, heads included
     method.example_figure(model.prepare(splits.train.images[:4]),
                           folder.figures / f"{config.method.name}_examples.png")
     val = model.prepare(splits.val)
     return write_evaluation(
-        model, splits.test, folder, model_dir=folder.model, val=splits.val, labelled_val=splits.labelled_val,
+        model, splits.test, folder, model_dir=folder.model, val=splits.val, val_scored=model.validation_pass_,
+        labelled_val=splits.labelled_val,
         dataset=Path(config.data.path).name, diagnostics=method.diagnostics(val) | model.diagnostics(val),
     )
 
