@@ -52,6 +52,9 @@ log = logging.getLogger("medad")
 
 Images = Union[ImageSet, Tensor, np.ndarray, str, Path]
 MODEL_FORMAT = 1
+FITTED_METADATA = ("threshold", "threshold_rule", "pixel_threshold", "pixel_threshold_rule", "map_range",
+                   "val_scores", "history", "train_seconds", "n_train", "manifest_sha256")
+"""The fitted fields (attribute ``<key>_``) saved in model.json under ``<key>``: save and load read this one list."""
 
 
 def score_params(config: RunConfig, name: str) -> dict[str, Any]:
@@ -381,16 +384,7 @@ class AnomalyDetector:
             "scores": list(self.detectors_),
             "score_params": {name: det.params.model_dump(mode="json") for name, det in self.detectors_.items()},
             "primary": self.primary,
-            "threshold": self.threshold_,
-            "threshold_rule": self.threshold_rule_,
-            "pixel_threshold": self.pixel_threshold_,
-            "map_range": self.map_range_,
-            "pixel_threshold_rule": self.pixel_threshold_rule_,
-            "val_scores": self.val_scores_,
-            "history": self.history_,
-            "train_seconds": self.train_seconds_,
-            "n_train": self.n_train_,
-            "manifest_sha256": self.manifest_sha256_,
+            **{key: getattr(self, f"{key}_") for key in FITTED_METADATA},
         }
         save_checkpoint(directory / "model.pt", state, meta)
         return directory
@@ -419,17 +413,12 @@ class AnomalyDetector:
             detector = build_detector(name, primary_only if saved is None else saved)
             detector.load_state_dict(state["detectors"][name])
             model.detectors_[name] = detector.to(model.device).eval()
-        model.threshold_ = meta["threshold"]
-        model.threshold_rule_ = meta["threshold_rule"]
-        model.pixel_threshold_ = meta.get("pixel_threshold")
-        model.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
+        for key in FITTED_METADATA:  # a field an older medad did not save keeps its unfitted default
+            if key in meta:
+                setattr(model, f"{key}_", meta[key])
+        if model.map_range_ is not None:
+            model.map_range_ = tuple(model.map_range_)
         if "projection" in state:  # saved since the report's one embedding basis
             basis = state["projection"]
             model.projection_ = Projection(basis["mean"].numpy(), basis["components"].numpy())
-        model.pixel_threshold_rule_ = meta.get("pixel_threshold_rule", "none")
-        model.val_scores_ = meta["val_scores"]
-        model.history_ = meta["history"]
-        model.train_seconds_ = meta["train_seconds"]
-        model.n_train_ = meta["n_train"]
-        model.manifest_sha256_ = meta.get("manifest_sha256", "")
         return model
