@@ -68,10 +68,11 @@ def test_training_loss_terms() -> None:
 
 
 def test_params_map_to_augmentation() -> None:
-    method = _method(crop_scale_min=0.3, rotation_degrees=5, hflip=False, brightness=0.1, contrast=0.2)
+    method = _method(crop_scale_min=0.3, rotation_degrees=5, hflip=False, brightness=0.1, contrast=0.2, blur_p=0.5)
     aug = method.augment
-    got = (aug.scale, aug.degrees, aug.hflip_p, aug.brightness, aug.contrast)
-    assert got == ((0.3, 1.0), 5, 0.0, 0.1, 0.2)
+    got = (aug.scale, aug.degrees, aug.hflip_p, aug.brightness, aug.contrast, aug.blur_p)
+    assert got == ((0.3, 1.0), 5, 0.0, 0.1, 0.2, 0.5)
+    assert _method().augment.blur_p == 0.0  # the ISBI-2022 recipe has no blur
     assert method.head.net[0].out_features == method.encoder.out_dim  # proj_hidden=None
 
 

@@ -67,6 +67,8 @@ class ContrastiveParams(MethodParams):
     hflip: bool = Field(True, description="flip horizontally with probability 0.5")
     brightness: float = Field(0.4, ge=0, le=1, description="brightness factor ~ U(1-b, 1+b)")
     contrast: float = Field(0.4, ge=0, le=1, description="contrast factor ~ U(1-c, 1+c)")
+    blur_p: float = Field(0.0, ge=0, le=1, description="SimCLR's Gaussian blur (sigma 0.1-2 px) with this "
+                          "probability (SimCLR: 0.5); off in the ISBI-2022 recipe")
 
 
 class ContrastiveMethod(PretrainMethod):
@@ -96,6 +98,7 @@ class ContrastiveMethod(PretrainMethod):
             hflip_p=0.5 if p.hflip else 0.0,
             brightness=p.brightness,
             contrast=p.contrast,
+            blur_p=p.blur_p,
         )
 
     def training_loss(self, images: Tensor) -> dict[str, Tensor]:
