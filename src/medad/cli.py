@@ -114,7 +114,11 @@ def train(
     from medad.pipeline import train_run
 
     if nproc > 1 and not distributed.launched():
-        raise typer.Exit(_torchrun(nproc))
+        try:
+            code = _torchrun(nproc)
+        except _USER_ERRORS as exc:
+            _fail(exc)
+        raise typer.Exit(code)
 
     try:
         overrides = shortcut_overrides(
