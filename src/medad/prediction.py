@@ -30,12 +30,10 @@ from PIL import Image
 from medad.data.folder import FileItem
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
-    NIFTI_EXTENSIONS,
     dicom_identifiers,
     is_dicom,
     list_image_files,
     stem_of,
-    suffix_of,
 )
 from medad.data.writers import slice_index, write_nifti_maps
 from medad.evaluation.calibration import normal_map_range, normal_quantile
@@ -181,9 +179,9 @@ def _save_maps(out: Path, ids: Sequence[str], maps: np.ndarray, names: dict[str,
         if pixel_threshold is not None:
             mask = ((maps[i] > pixel_threshold) * 255).astype(np.uint8)
             Image.fromarray(mask).save(_output_path(out / "masks", names, image_id, ".png"))
-        source = image_id.partition("#")[0]
-        if suffix_of(Path(source)) in NIFTI_EXTENSIONS and slice_index(image_id) is not None:
-            volumes.setdefault(source, {})[slice_index(image_id)] = maps[i]
+        z = slice_index(image_id)  # only the NIfTI reader gives slice ids
+        if z is not None:
+            volumes.setdefault(image_id.partition("#")[0], {})[z] = maps[i]
     for source, slices in volumes.items():  # every slice of a file is in the same batch of files
         name = names[source]
         name = name.with_name(stem_of(name) + ".nii.gz")

@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from medad.distributed import launched
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is an error. Under
@@ -20,7 +22,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
-    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if name == "cuda" and launched():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
