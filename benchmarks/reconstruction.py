@@ -1,8 +1,10 @@
 """Benchmark: reconstruction detectors and DDAD with unlabeled pools of several anomaly rates.
 
 Variants (``method: none``, the detector trains its own networks at 64 px): ``ae``, ``memae``,
-``ae_u``, ``msssim_ae``, DDAD R_intra (no pool), DDAD R_dual with pools of anomaly rate 0, 0.2 and
-0.6, ``igd`` and ``fanogan``. A variant whose detector is not registered is skipped with a note.
+``ae_u`` (also with the DDAD authors' linear latent layer, and with their 2048 hidden units),
+``msssim_ae``, DDAD R_intra (no pool) and its raw A_intra (``refine: false``; also with the
+authors' bottleneck), DDAD R_dual with pools of anomaly rate 0, 0.2 and 0.6, ``igd`` and
+``fanogan``. A variant whose detector is not registered is skipped with a note.
 
 Data, following DDAD's repartition (Table 1: D_n and the normals of D_u are different images):
 
@@ -61,8 +63,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], float | None]] = {
     "ae": ("ae", {}, None),
     "memae": ("memae", {}, None),
     "ae_u": ("ae_u", {}, None),
+    "ae_u linear latent": ("ae_u", {"linear_latent": True}, None),
+    "ae_u linear latent, hidden 2048": ("ae_u", {"linear_latent": True, "hidden": 2048}, None),
     "msssim_ae": ("msssim_ae", {}, None),
     "ddad-R_intra": ("ddad", {"variant": "intra"}, None),
+    "ddad-A_intra": ("ddad", {"variant": "intra", "refine": False}, None),
+    "ddad-A_intra linear latent, hidden 2048": ("ddad", {"variant": "intra", "refine": False, "linear_latent": True,
+                                                         "hidden": 2048}, None),
     "ddad-R_dual-ar0": ("ddad", {"variant": "dual"}, 0.0),
     "ddad-R_dual-ar0.2": ("ddad", {"variant": "dual"}, 0.2),
     "ddad-R_dual-ar0.6": ("ddad", {"variant": "dual"}, 0.6),

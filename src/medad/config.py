@@ -74,14 +74,58 @@ class MethodConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScoreSpec(_Strict):
+    """A score reported beside the primary one, with parameters of its own (validated by it)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+FUSION = "fusion"
+"""Name of the fused score (:mod:`medad.detectors.fusion`), the primary score when ``detector.fuse`` is set."""
+
+
 class DetectorConfig(_Strict):
-    """The score used for thresholds and predictions, plus the others reported beside it."""
+    """The score used for thresholds and predictions, plus the others reported beside it.
+
+    >>> DetectorConfig(also=["nnd", {"name": "dae", "params": {"epochs": 2}}], fuse=["mahalanobis", "dae"]).fuse
+    ['mahalanobis', 'dae']
+    """
 
     name: str = "mahalanobis"
     params: dict[str, Any] = Field(default_factory=dict)
-    also: list[str] | Literal["auto"] = Field(
-        "auto", description="further scores reported in metrics.json; auto = all that apply"
+    also: list[str | ScoreSpec] | Literal["auto"] = Field(
+        "auto", description="further scores reported in metrics.json, by name or as {name, params}; "
+        "auto = all that apply"
     )
+    fuse: list[str] = Field(
+        default_factory=list, description="scores averaged into the primary score 'fusion', each standardised "
+        "by the mean and std of its validation-normal scores; [] = the detector's own score is primary"
+    )
+
+    @model_validator(mode="after")
+    def _check_fuse(self) -> DetectorConfig:
+        if FUSION in {self.name, *self.also_names()}:
+            raise ValueError(f"{FUSION!r} is the name of the fused score, not a detector")
+        if self.fuse:
+            if len(set(self.fuse)) < 2 or len(set(self.fuse)) != len(self.fuse):
+                raise ValueError(f"detector.fuse needs at least two different scores, got {self.fuse}")
+            listed = {self.name, *self.also_names()}
+            missing = [n for n in self.fuse if n not in listed] if self.also != "auto" else []
+            if missing:
+                raise ValueError(f"detector.fuse names {missing}, which are neither detector.name nor in detector.also")
+        return self
+
+    def also_names(self) -> list[str]:
+        """The names in ``also`` (empty for ``auto``)."""
+        return [] if self.also == "auto" else [a if isinstance(a, str) else a.name for a in self.also]
+
+    def also_params(self, name: str) -> dict[str, Any] | None:
+        """The params given to ``name`` in ``also`` (``None`` if it is listed by name only or not at all)."""
+        for a in [] if self.also == "auto" else self.also:
+            if isinstance(a, ScoreSpec) and a.name == name:
+                return dict(a.params)
+        return None
 
 
 class MapConfig(_Strict):

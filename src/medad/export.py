@@ -53,6 +53,9 @@ class ExportError(ValueError):
 def check_exportable(model: AnomalyDetector) -> None:
     """Raise :class:`ExportError` unless the model's primary score can be exported."""
     name = model.primary
+    if name not in model.detectors_:
+        raise ExportError(f"the fused score {name!r} cannot be exported: it needs several detectors in one graph; "
+                          "export a model fitted without detector.fuse")
     det = model.detectors_[name]
     if name in REFUSED:
         raise ExportError(f"detector {name!r} cannot be exported: {REFUSED[name]}")
@@ -166,7 +169,7 @@ class OnnxModel:
         self.pixel_threshold_: float | None = meta["pixel_threshold"]
         self.val_scores_: list[float] = meta["val_scores"]
         self.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
-        self.detectors_ = {self.primary: None}
+        self.fitted_scores: list[str] = [self.primary]
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def prepare(self, images: Any) -> Tensor:

@@ -27,11 +27,12 @@ from torch import Tensor, nn
 
 from medad import __version__
 from medad import distributed
-from medad.config import RunConfig, apply_shortcuts, from_preset
+from medad.config import FUSION, RunConfig, apply_shortcuts, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
+from medad.detectors.fusion import Standardisation, fit_fusion, fuse_scores
 from medad.detectors.maps import postprocess_maps, reduce_maps
 from medad.detectors.registry import applicable_detectors, build_detector, detector_class
 from medad.detectors.sensitivity import SensitivityScore
@@ -53,15 +54,17 @@ log = logging.getLogger("medad")
 Images = Union[ImageSet, Tensor, np.ndarray, str, Path]
 MODEL_FORMAT = 1
 FITTED_METADATA = ("threshold", "threshold_rule", "pixel_threshold", "pixel_threshold_rule", "map_range",
-                   "val_scores", "history", "train_seconds", "n_train", "manifest_sha256")
+                   "val_scores", "fusion", "history", "train_seconds", "n_train", "manifest_sha256")
 """The fitted fields (attribute ``<key>_``) saved in model.json under ``<key>``: save and load read this one list."""
 
 
 def score_params(config: RunConfig, name: str) -> dict[str, Any]:
-    """The params of score ``name``: ``detector.params`` for the primary detector; for the scores
-    reported beside it, the view settings they share with it (``tta``, ``tta_seed``, ``contexts``,
-    ``batch_size`` of :class:`~medad.detectors.embedding.EmbeddingParams`), so that e.g. CON2's
-    S_NND, S_LH and Mahalanobis columns all score both contexts with the same TTA (CON2 eq. 16).
+    """The params of score ``name``: ``detector.params`` for the primary detector; for a score
+    listed in ``detector.also`` with params of its own (``{name, params}``), those; for the other
+    scores reported beside it, the view settings they share with it (``tta``, ``tta_seed``,
+    ``contexts``, ``batch_size`` of :class:`~medad.detectors.embedding.EmbeddingParams`), so that
+    e.g. CON2's S_NND, S_LH and Mahalanobis columns all score both contexts with the same TTA
+    (CON2 eq. 16).
 
     A detector with a ``seed`` of its own (weight initialisation and data order of its networks,
     PaDiM's channel subset) gets the run's ``train.seed`` unless ``detector.params.seed`` is set,
@@ -76,6 +79,8 @@ def score_params(config: RunConfig, name: str) -> dict[str, Any]:
     params = config.detector.params
     if name == config.detector.name:
         own = dict(params)
+    elif config.detector.also_params(name) is not None:
+        own = config.detector.also_params(name)
     elif issubclass(detector_class(name), EmbeddingDetector):
         shared = set(EmbeddingParams.model_fields)
         own = {k: v for k, v in params.items() if k in shared}
@@ -121,6 +126,7 @@ class AnomalyDetector:
         self.map_range_: tuple[float, float] | None = None  # heatmap colour scale (validation normals)
         self.projection_: Projection | None = None  # the report's 2-D embedding basis (training normals)
         self.val_scores_: list[float] = []
+        self.fusion_: Standardisation | None = None  # per fused score: validation-normal (mean, std)
         self.history_: list[dict[str, Any]] = []
         self.train_seconds_: float = 0.0
         self.n_train_: int = 0
@@ -129,8 +135,9 @@ class AnomalyDetector:
     # -- inputs -----------------------------------------------------------------------------
     @property
     def primary(self) -> str:
-        """Name of the score used for the threshold and predictions."""
-        return self.config.detector.name
+        """Name of the score used for the threshold and predictions: the detector's, or ``fusion``
+        when ``detector.fuse`` averages several (:mod:`medad.detectors.fusion`)."""
+        return FUSION if self.config.detector.fuse else self.config.detector.name
 
     @property
     def preprocessor(self) -> Preprocessor:
@@ -155,10 +162,14 @@ class AnomalyDetector:
         return chosen[0] if chosen else (self.history_[-1]["epoch"] if self.history_ else None)
 
     def score_names(self) -> list[str]:
-        """Primary score first, then the others reported beside it."""
-        also = self.config.detector.also
-        extra = applicable_detectors(self.primary) if also == "auto" else list(also)
-        return [self.primary] + [n for n in extra if n != self.primary]
+        """The detectors to fit: ``detector.name`` first, then the others reported beside it."""
+        detector = self.config.detector
+        extra = applicable_detectors(detector.name) if detector.also == "auto" else detector.also_names()
+        names = [detector.name] + [n for n in extra if n != detector.name]
+        missing = [n for n in detector.fuse if n not in names]
+        if missing:
+            raise ValueError(f"detector.fuse names {missing}, which are not among the scores {names}")
+        return names
 
     def fit(
         self,
@@ -204,7 +215,7 @@ class AnomalyDetector:
         pretrain = method.trains and any(detector_class(name).needs_encoder for name in self.score_names())
         if method.trains and not pretrain:
             log.warning("detector %r trains its own network and reads no encoder: method %r is not trained "
-                        "(use --method none)", self.primary, cfg.method.name)
+                        "(use --method none)", cfg.detector.name, cfg.method.name)
         self.history_ = train_method(
             method, train, val, cfg.train, device=self.device,
             checkpoint_path=checkpoint_path, resume=resume, fingerprint=fingerprint,
@@ -248,9 +259,15 @@ class AnomalyDetector:
         some = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.train.seed))[:512]
         self.projection_ = fit_projection(self._embed(train[some]).numpy())
 
+        self.fusion_ = None
+        if cfg.detector.fuse and len(val) < 2:
+            raise ValueError(f"detector.fuse needs at least 2 validation normals, got {len(val)}")
         if len(val):
             cache: dict = {}
             outputs = self._score(val, cache=cache)
+            if cfg.detector.fuse:
+                self.fusion_ = fit_fusion({name: outputs[name].scores for name in cfg.detector.fuse})
+                outputs[FUSION] = self._fused(outputs)
             self.validation_pass_ = (outputs, self._embed(val, cache=cache))
             out = outputs[self.primary]
             self.val_scores_ = out.scores.tolist()
@@ -269,10 +286,16 @@ class AnomalyDetector:
         return self
 
     # -- scoring ----------------------------------------------------------------------------
+    @property
+    def fitted_scores(self) -> list[str]:
+        """The names of every score :meth:`score_all` gives: the fitted detectors', then ``fusion``."""
+        return list(self.detectors_) + ([FUSION] if self.fusion_ else [])
+
     def score_all(self, images: Images, names: Sequence[str] | None = None) -> dict[str, DetectorOutput]:
-        """Every fitted score of ``images`` by name (primary first), or only those in ``names``."""
+        """Every fitted score of ``images`` by name (the detectors', then ``fusion`` if fused), or
+        only those in ``names``."""
         self._check_fitted()
-        unknown = sorted(set(names or ()) - set(self.detectors_))
+        unknown = sorted(set(names or ()) - set(self.fitted_scores))
         if unknown:
             raise ValueError(f"unknown score(s) {unknown}; this model has {list(self.detectors_)}")
         return self._score(self.prepare(images), names)
@@ -288,11 +311,14 @@ class AnomalyDetector:
     def _score(self, x: Tensor, names: Sequence[str] | None = None, cache: dict | None = None
                ) -> dict[str, DetectorOutput]:
         """:meth:`score_all` on images already brought to the model's layout by :meth:`prepare`;
-        maps are post-processed as ``config.maps`` says and their image scores taken again.
-        ``cache`` holds the encoder's views for whoever reads the same ``x`` next."""
+        maps are post-processed as ``config.maps`` says and their image scores taken again, and the
+        fused score (image level, no map) is added once :meth:`_fit_scores` has standardised its
+        parts. ``cache`` holds the encoder's views for whoever reads the same ``x`` next."""
         cache = {} if cache is None else cache
+        fused = self.fusion_ is not None and (names is None or FUSION in names)
+        wanted = None if names is None else set(names) | (set(self.fusion_) if fused else set())
         outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()
-                   if names is None or name in names}
+                   if wanted is None or name in wanted}
         post = self.config.maps
         if post.active:
             for name, out in outputs.items():
@@ -301,7 +327,15 @@ class AnomalyDetector:
                                             smooth=post.smooth, channels=post.foreground_channels)
                     reduction = post.reduction or self.detectors_[name].params.reduction
                     outputs[name] = DetectorOutput(scores=reduce_maps(maps, reduction), maps=maps)
+        if fused:
+            outputs[FUSION] = self._fused(outputs)
+        if names is not None:
+            outputs = {name: out for name, out in outputs.items() if name in names}
         return outputs
+
+    def _fused(self, outputs: dict[str, DetectorOutput]) -> DetectorOutput:
+        """The fused score of ``outputs`` (:func:`~medad.detectors.fusion.fuse_scores`)."""
+        return DetectorOutput(scores=fuse_scores({name: outputs[name].scores for name in self.fusion_}, self.fusion_))
 
     def decision_function(self, images: Images) -> np.ndarray:
         """Primary anomaly scores ``[N]``; higher = more anomalous (PyOD convention)."""
@@ -409,7 +443,7 @@ class AnomalyDetector:
         for name in meta["scores"]:
             # models saved before score_params was recorded gave params to the primary score only
             saved = meta.get("score_params", {}).get(name)
-            primary_only = config.detector.params if name == meta["primary"] else {}
+            primary_only = config.detector.params if name == config.detector.name else {}
             detector = build_detector(name, primary_only if saved is None else saved)
             detector.load_state_dict(state["detectors"][name])
             model.detectors_[name] = detector.to(model.device).eval()

@@ -87,7 +87,7 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "method": cfg.method.name,
         "detector": model.primary,
-        "score_names": list(model.detectors_),
+        "score_names": model.fitted_scores,
         "threshold": model.threshold_,
         "threshold_rule": model.threshold_rule_,
         "n_train": model.n_train_,
@@ -108,7 +108,8 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
     if used:  # label-free; `medad compare` ranks runs by it
         metrics["sensitivity_score"] = used[0]["sensitivity"]
         metrics["sensitivity_score_se"] = used[0].get("sensitivity_se")
-    reduction = getattr(model.detectors_[model.primary].params, "reduction", None)
+    primary = model.detectors_[model.primary] if model.primary in model.detectors_ else None  # not: fusion
+    reduction = getattr(primary.params, "reduction", None) if primary is not None else None
     if reduction is not None:
         metrics["image_score_from_map"] = reduction
     if not test.has_labels():

@@ -108,7 +108,7 @@ def predict_run(
         model = AnomalyDetector.load(model_dir, device)
     preprocessor = model.preprocessor
     files = output_names(inputs)
-    names = list(model.detectors_) if scores == "all" else [model.primary]
+    names = model.fitted_scores if scores == "all" else [model.primary]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     painter: HeatmapWriter | None = None

@@ -132,6 +132,7 @@ def local_patch_size(size: int, patch_size: int) -> int | None:
 class AutoEncoderParams(ReconstructionParams):
     latent: int = Field(16, ge=1, description="size of the latent code (the middle fully connected layer)")
     hidden: int = Field(1024, ge=1, description="width of the fully connected layers around the latent code")
+    linear_latent: bool = Field(False, description="latent layer without BatchNorm + ReLU (the DDAD authors' code)")
 
 
 class AutoEncoderDetector(ReconstructionDetector):
@@ -148,7 +149,8 @@ class AutoEncoderDetector(ReconstructionDetector):
 
     def make_network(self, channels: int, size: int) -> ConvAutoEncoder:
         p = self.params
-        return ConvAutoEncoder(channels, size, latent=p.latent, hidden=p.hidden, **self.network_options())
+        return ConvAutoEncoder(channels, size, latent=p.latent, hidden=p.hidden, linear_latent=p.linear_latent,
+                               **self.network_options())
 
     def loss(self, x: Tensor, out: AEOutput) -> Tensor:
         return F.mse_loss(out.reconstruction, x)

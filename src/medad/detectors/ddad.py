@@ -35,8 +35,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medad.augment.fpi import foreign_patch_interpolation
-from medad.detectors.autoencoders import aeu_loss, variance
-from medad.detectors.reconstruction import ReconstructionDetector, ReconstructionParams
+from medad.detectors.autoencoders import AutoEncoderParams, aeu_loss, variance
+from medad.detectors.reconstruction import ReconstructionDetector
 from medad.evaluation.metrics import pixel_auroc
 from medad.models.asr_net import ASRNet
 from medad.models.autoencoder import ConvAutoEncoder
@@ -87,12 +87,12 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
 
 
 # -- detector -----------------------------------------------------------------------------------
-class DDADParams(ReconstructionParams):
+class DDADParams(AutoEncoderParams):
+    """The autoencoder's ``latent``, ``hidden`` and ``linear_latent`` as for the ``ae`` family."""
+
     ensemble: int = Field(3, ge=2, description="K, networks per module (NDM and UDM)")
     backbone: Literal["ae", "ae_u"] = Field("ae_u", description="reconstruction network: AE (MSE) or AE-U")
     min_variance: float = Field(1e-3, ge=0, description="AE-U floor added to σ² (as the ae_u detector)")
-    latent: int = Field(16, ge=1, description="autoencoder latent size")
-    hidden: int = Field(1024, ge=1, description="autoencoder hidden fully connected size")
     variant: Literal["auto", "dual", "intra"] = Field(
         "auto",
         description="dual = A_intra + A_inter (needs a pool), intra = A_intra only, auto = dual iff a pool is given",
@@ -164,7 +164,8 @@ class DDADDetector(ReconstructionDetector):
         p = self.params
 
         def member() -> ConvAutoEncoder:
-            return ConvAutoEncoder(channels, size, latent=p.latent, hidden=p.hidden, uncertainty=p.backbone == "ae_u")
+            return ConvAutoEncoder(channels, size, latent=p.latent, hidden=p.hidden, linear_latent=p.linear_latent,
+                                   uncertainty=p.backbone == "ae_u")
 
         dual = bool(self.dual)
         self.ndm = nn.ModuleList(member() for _ in range(p.ensemble))

@@ -3,6 +3,8 @@
 Encoder: 4 convolutions (kernel 4, stride 2, channels 16-32-64-64); bottleneck: 3 fully connected
 layers (flat → ``hidden`` → ``latent`` → flat); decoder: 4 transposed convolutions (64-32-16-C);
 BatchNorm + ReLU after every layer except the output (DDAD paper, implementation details).
+``linear_latent=True`` leaves the latent layer linear (no BatchNorm, no ReLU), as the DDAD
+authors' code does: the code is then not rectified (issue 14 item 14; docs/detectors/ddad.md).
 Variants of the same network:
 
 - ``memory > 0`` (MemAE, Gong et al. 2019): the latent code z is replaced by ẑ = ŵ M, a
@@ -17,6 +19,8 @@ Variants of the same network:
 >>> out = ConvAutoEncoder(1, 32, memory=10, uncertainty=True)(torch.rand(2, 1, 32, 32))
 >>> tuple(out.log_var.shape), tuple(out.attention.shape)
 ((2, 1, 32, 32), (2, 10))
+>>> bool((ConvAutoEncoder(1, 32, linear_latent=True).eval().bottleneck_in(torch.randn(4, 256)) < 0).any())
+True
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class ConvAutoEncoder(nn.Module):
         memory: int = 0,
         shrink: float | None = None,
         uncertainty: bool = False,
+        linear_latent: bool = False,
     ):
         super().__init__()
         if size % 16 or size < 16:
@@ -85,7 +90,8 @@ class ConvAutoEncoder(nn.Module):
         self.grid = size // 16
         flat = CHANNELS[-1] * self.grid**2
         self.encoder = nn.Sequential(*(_conv(a, b) for a, b in zip((channels, *CHANNELS[:-1]), CHANNELS)))
-        self.bottleneck_in = nn.Sequential(_linear(flat, hidden), _linear(hidden, latent))
+        code = nn.Linear(hidden, latent) if linear_latent else _linear(hidden, latent)
+        self.bottleneck_in = nn.Sequential(_linear(flat, hidden), code)
         self.memory = MemoryModule(memory, latent, shrink) if memory > 0 else None
         self.bottleneck_out = _linear(latent, flat)
         out_channels = channels * (2 if uncertainty else 1)
