@@ -36,7 +36,7 @@ from medad.models.decoder import backbone_from_spec, backbone_spec, copy_weights
 from medad.models.gan import (
     ConvEncoder, Critic, Generator, LatentEncoder, gradient_penalty, wgan_critic_loss, wgan_generator_loss,
 )
-from medad.progress import progress_bar
+from medad.train.core import optimizer_step, run_epochs, shuffled_batches
 from medad.train.networks import LoopCheckpoint, train_network
 
 log = logging.getLogger("medad")
@@ -142,37 +142,31 @@ class FAnoGANDetector(ReconstructionDetector):
         checkpoint = LoopCheckpoint("fanogan WGAN-GP", p.epochs,
                                     {"generator": gen, "critic": critic, "opt_g": opt_g, "opt_d": opt_d}, rng)
         resumed = checkpoint.restore()  # an interrupted fit continues after its last finished epoch
-        step = resumed.get("step", 0)
-        with progress_bar() as progress:
-            task = progress.add_task("fanogan WGAN-GP", total=p.epochs, completed=resumed["epoch"], info="")
-            for epoch in range(resumed["epoch"] + 1, p.epochs + 1):
-                d_total, seen = 0.0, 0
-                for idx in torch.randperm(len(images), generator=rng).split(p.batch_size):
-                    if len(idx) < 2:
-                        continue
-                    x = images[idx].to(device)
-                    z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
-                    eps = torch.rand(len(x), 1, 1, 1, generator=rng).to(device)
-                    with torch.no_grad():
-                        fake = gen(z)
-                    penalty = gradient_penalty(critic, x, fake, eps)
-                    d_loss = wgan_critic_loss(critic(x), critic(fake)) + p.gp_weight * penalty
-                    if not torch.isfinite(d_loss):
-                        raise FloatingPointError(
-                            f"fanogan critic: loss became {d_loss.item()} at epoch {epoch}; lower its lr ({p.lr})")
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                    d_total, seen, step = d_total + d_loss.item() * len(x), seen + len(x), step + 1
-                    if step % p.critic_iters == 0:
-                        z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
-                        g_loss = wgan_generator_loss(critic(gen(z)))
-                        opt_g.zero_grad(set_to_none=True)
-                        g_loss.backward()
-                        opt_g.step()
-                checkpoint.save(epoch=epoch, step=step)
-                progress.update(task, advance=1, info=f"critic loss {d_total / max(seen, 1):.4f}")
-                log.debug("fanogan WGAN-GP epoch %d/%d critic loss %.5f", epoch, p.epochs, d_total / max(seen, 1))
+        steps = [resumed.get("step", 0)]  # critic steps so far: the generator steps on every critic_iters-th
+
+        def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+            x = images[idx].to(device)
+            z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
+            eps = torch.rand(len(x), 1, 1, 1, generator=rng).to(device)
+            with torch.no_grad():
+                fake = gen(z)
+            penalty = gradient_penalty(critic, x, fake, eps)
+            d_loss = wgan_critic_loss(critic(x), critic(fake)) + p.gp_weight * penalty
+            value = optimizer_step(d_loss, opt_d, f"fanogan critic: loss became {{loss}} at epoch {epoch}; "
+                                                  f"lower its lr ({p.lr})")
+            steps[0] += 1
+            if steps[0] % p.critic_iters == 0:
+                z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
+                optimizer_step(wgan_generator_loss(critic(gen(z))), opt_g,
+                               f"fanogan generator: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+            return {"loss": value}
+
+        def saved(record: dict) -> None:
+            checkpoint.save(epoch=record["epoch"], step=steps[0])
+            log.debug("fanogan WGAN-GP epoch %d/%d critic loss %.5f", record["epoch"], p.epochs, record["loss"])
+
+        run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, rng), epochs=p.epochs,
+                   start=resumed["epoch"], name="fanogan WGAN-GP", after_epoch=saved)
         gen.eval()
         critic.eval()
 

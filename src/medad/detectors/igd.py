@@ -40,8 +40,8 @@ from medad.models.decoder import (
     ConvDecoder, backbone_from_spec, backbone_spec, copy_weights, default_spec, usable_backbone,
 )
 from medad.models.gan import Critic
-from medad.progress import progress_bar
 from medad.ssim import ms_ssim, ms_ssim_map
+from medad.train.core import optimizer_step, run_epochs, shuffled_batches
 from medad.train.networks import LoopCheckpoint
 
 log = logging.getLogger("medad")
@@ -223,25 +223,29 @@ class IGDDetector(ReconstructionDetector):
         for i, ((model, _), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
             parts.update({f"model{i}": model, f"ae_optimizer{i}": opt_ae, f"critic_optimizer{i}": opt_critic})
         checkpoint = LoopCheckpoint("igd", p.epochs, parts, generator)  # resumes an interrupted fit
-        start = checkpoint.restore()["epoch"]
-        with progress_bar() as progress:
-            task = progress.add_task("igd", total=p.epochs, completed=start, info="")
-            for epoch in range(start, p.epochs):
-                if epoch % p.refresh_every == 0:
-                    self._refresh(images)
-                for model, _ in models:
-                    model.train()
-                totals = [0.0] * len(models)
-                for idx in torch.randperm(len(images), generator=generator).split(p.batch_size):
-                    if len(idx) < 2:
-                        continue
-                    x = images[idx].to(self.device)
-                    for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
-                        batch = x if patch == 0 else random_patches(x, patch, p.patches_per_image, generator)
-                        totals[i] += self._step(model, opt_ae, opt_critic, batch, generator, epoch)
-                checkpoint.save(epoch=epoch + 1)
-                progress.update(task, advance=1, info=f"loss {totals[0]:.4f}")
-                log.debug("igd epoch %d/%d losses %s", epoch + 1, p.epochs, [round(t, 5) for t in totals])
+
+        def refresh(epoch: int) -> None:
+            if (epoch - 1) % p.refresh_every == 0:
+                self._refresh(images)
+            for model, _ in models:
+                model.train()
+
+        def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+            x = images[idx].to(self.device)
+            losses = {}
+            for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
+                batch = x if patch == 0 else random_patches(x, patch, p.patches_per_image, generator)
+                losses["loss" if i == 0 else f"loss_model{i}"] = self._step(model, opt_ae, opt_critic, batch,
+                                                                             generator, epoch)
+            return losses
+
+        def saved(record: dict) -> None:
+            checkpoint.save(epoch=record["epoch"])
+            log.debug("igd epoch %d/%d losses %s", record["epoch"], p.epochs,
+                      {k: round(v, 5) for k, v in record.items() if k.startswith("loss")})
+
+        run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, generator), epochs=p.epochs,
+                   start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, after_epoch=saved)
         self._refresh(images)
 
     def _step(self, model: IGDModel, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
@@ -254,18 +258,12 @@ class IGDDetector(ReconstructionDetector):
         loss = (reconstruction_loss(x, rec, p.rho).mean()
                 + p.lambda_h * gaussian_anomaly(z, model.mu, model.sigma2).mean()
                 + p.lambda_reg * model.critic(mixed).pow(2).mean())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"igd: loss became {loss.item()} at epoch {epoch + 1}; lower its lr ({p.lr})")
-        opt_ae.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ae.step()
+        value = optimizer_step(loss, opt_ae, f"igd: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
         critic_loss = acai_critic_loss(
             model.critic(mixed.detach()), alpha[:, 0], model.critic(p.gamma * x + (1 - p.gamma) * rec.detach())
         )
-        opt_critic.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        opt_critic.step()
-        return loss.item()
+        optimizer_step(critic_loss, opt_critic, f"igd critic: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+        return value
 
     @torch.no_grad()
     def _refresh(self, images: Tensor) -> None:

@@ -1,8 +1,9 @@
 """Mini-batch training of the networks that detectors own (autoencoders, DDAD ensembles, ASR-Net...).
 
 Self-supervised encoders are trained by :mod:`medad.train.loop` (checkpoints, resume, selection);
-a reconstruction detector trains its network inside ``fit`` with this small loop instead, because
-that network is part of the detector's state and saved with it.
+a reconstruction detector trains its network inside ``fit`` with :func:`train_network` instead,
+because that network is part of the detector's state and saved with it. Both run on the loop
+core of :mod:`medad.train.core`.
 
 Inside a :func:`network_checkpoints` block (which :meth:`medad.model.AnomalyDetector.fit` opens
 beside its pre-training checkpoint), every network is saved atomically once trained, and on resume
@@ -36,8 +37,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from medad.progress import progress_bar
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.core import optimizer_step, run_epochs, shuffled_batches
 
 log = logging.getLogger("medad")
 
@@ -136,27 +137,21 @@ def train_network(
     steps = epochs * sum(len(idx) >= 2 for idx in torch.arange(len(images)).split(batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
     generator = torch.Generator().manual_seed(seed)
+
+    def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+        loss = loss_fn(images[idx].to(device))
+        value = optimizer_step(loss, optimizer, f"{name}: loss became {{loss}} at epoch {epoch}; lower its lr ({lr})")
+        if schedule is not None:
+            schedule.step()
+        return {"loss": value}
+
+    def logged(record: dict) -> None:
+        log.debug("%s epoch %d/%d loss %.5f", name, record["epoch"], epochs, record["loss"])
+
     module.train()
-    losses = []
-    with progress_bar() as progress:
-        task = progress.add_task(name, total=epochs, info="")
-        for epoch in range(1, epochs + 1):
-            total, seen = 0.0, 0
-            for idx in torch.randperm(len(images), generator=generator).split(batch_size):
-                if len(idx) < 2:
-                    continue
-                loss = loss_fn(images[idx].to(device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}; lower its lr ({lr})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                total, seen = total + loss.item() * len(idx), seen + len(idx)
-            losses.append(total / seen)
-            progress.update(task, advance=1, info=f"loss {losses[-1]:.5f}")
-            log.debug("%s epoch %d/%d loss %.5f", name, epoch, epochs, losses[-1])
+    history = run_epochs(step, lambda epoch: shuffled_batches(len(images), batch_size, generator),
+                         epochs=epochs, name=name, after_epoch=logged)
+    losses = [record["loss"] for record in history]
     module.eval()
     if store is not None and path is not None:  # inside network_checkpoints()
         store.save(path, name, epochs, {"module": module.state_dict()}, losses=losses)

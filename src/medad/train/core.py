@@ -1,0 +1,99 @@
+"""The loop core that every training in medad runs on.
+
+Pre-training (:func:`medad.train.loop.train_method`), the detectors' networks
+(:func:`medad.train.networks.train_network`), IGD's autoencoder + critic and f-AnoGAN's WGAN-GP
+differ in what one mini-batch step does and in what they keep between epochs, not in the loop:
+:func:`run_epochs` draws each epoch's index batches, calls the caller's ``step`` on every batch,
+averages what it returns (weighted by batch size), draws the progress bar, and calls the
+caller's hooks before and after every epoch (checkpoints, validation, logging, schedules).
+:func:`optimizer_step` is the one place that checks a loss is finite before stepping on it.
+
+>>> import torch
+>>> net = torch.nn.Linear(2, 1)
+>>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+>>> x = torch.rand(16, 2)
+>>> g = torch.Generator().manual_seed(0)
+>>> def step(idx, epoch, done):
+...     return {"loss": optimizer_step(net(x[idx]).pow(2).mean(), opt, "toy: loss {loss} at epoch %d" % epoch)}
+>>> history = run_epochs(step, lambda epoch: shuffled_batches(16, 4, g), epochs=3, name="toy")
+>>> [h["epoch"] for h in history], history[-1]["loss"] < history[0]["loss"]
+([1, 2, 3], True)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from medad.progress import progress_bar
+
+Step = Callable[[Tensor, int, float], dict[str, float]]
+"""One mini-batch: ``step(indices, epoch, done)`` with ``done`` the share of the run finished
+before this batch; returns the values to log for it (e.g. ``{"loss": 0.31}``)."""
+
+
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, error: str) -> float:
+    """Back-propagate ``loss`` and step ``optimizer``; return the loss as a float. A non-finite loss
+    raises ``FloatingPointError(error.format(loss=...))`` before any weight changes."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(error.format(loss=loss.item()))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A permutation of ``range(n)`` drawn from ``generator``, split into batches of ``batch_size``,
+    without batches of a single image (BatchNorm cannot train on one).
+
+    >>> [len(b) for b in shuffled_batches(9, 4, torch.Generator().manual_seed(0))]
+    [4, 4]
+    """
+    return [idx for idx in torch.randperm(n, generator=generator).split(batch_size) if len(idx) >= 2]
+
+
+def run_epochs(
+    step: Step,
+    batches: Callable[[int], Sequence[Tensor]],
+    *,
+    epochs: int,
+    start: int = 0,
+    name: str = "training",
+    show: bool | None = None,
+    before_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Epochs ``start + 1 .. epochs`` of ``step`` over ``batches(epoch)``; returns one record per
+    epoch: ``epoch``, the batch-size-weighted mean of every value ``step`` returned, ``seconds``
+    and ``images`` (seen in the epoch). ``before_epoch(epoch)`` runs before the epoch's batches are
+    drawn, ``after_epoch(record)`` after its last step and may add to the record (a checkpoint is
+    written there, so that a resumed run starts at the next epoch). The bar (``show``: see
+    :func:`medad.progress.progress_bar`) shows ``name``, the epoch, the batches and the loss.
+    """
+    history: list[dict[str, Any]] = []
+    with progress_bar(show) as progress:
+        task = progress.add_task(name, total=None, info="")
+        for epoch in range(start + 1, epochs + 1):
+            if before_epoch is not None:
+                before_epoch(epoch)
+            epoch_batches = batches(epoch)
+            progress.reset(task, total=len(epoch_batches), description=f"{name} {epoch}/{epochs}")
+            t0, seen, sums = time.perf_counter(), 0, {}
+            for i, idx in enumerate(epoch_batches):
+                values = step(idx, epoch, (epoch - 1 + i / len(epoch_batches)) / epochs)
+                seen += len(idx)
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
+                progress.update(task, advance=1, info=f"loss {sums.get('loss', math.nan) / seen:.4f}")
+            record: dict[str, Any] = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
+                                      "seconds": time.perf_counter() - t0, "images": seen}
+            if after_epoch is not None:
+                after_epoch(record)
+            history.append(record)
+    return history
