@@ -1,10 +1,11 @@
-"""The one training loop: batching, optimiser, schedule, progress, atomic checkpoints, resume.
+"""Pre-training: optimiser, schedule, validation loss, atomic checkpoints, resume, selection.
 
 Every pre-training method goes through :func:`train_method`; a method only supplies
-``training_loss``. Under ``torchrun`` (:mod:`medad.distributed`) the same loop runs in every
-process: each takes its share of every global batch of the seeded permutation
-(:func:`epoch_batches`), the method is wrapped in DistributedDataParallel, the logged losses are
-averaged over the processes, and rank 0 alone writes checkpoints, with every rank's RNG state in
+``training_loss``. The epochs themselves run on the loop core of :mod:`medad.train.core`.
+Under ``torchrun`` (:mod:`medad.distributed`) the same loop runs in every process: each takes
+its share of every global batch of the seeded permutation (:func:`epoch_batches`), the method is
+wrapped in DistributedDataParallel, the logged losses are averaged over the processes, and rank 0
+alone writes checkpoints, with every rank's RNG state in
 them so that a resumed run continues exactly.
 
 >>> import torch
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from torch import Tensor
 from medad import distributed
 from medad.config import TrainConfig
 from medad.methods.base import PretrainMethod
-from medad.progress import progress_bar
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.core import optimizer_step, run_epochs
 from medad.train.selection import CheckpointScore, choose_checkpoint
 
 log = logging.getLogger("medad.train")
@@ -235,67 +235,51 @@ def train_method(
 
     method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
     step_model = _parallel(method, device) if world > 1 else method
-    with progress_bar(cfg.progress and main) as progress:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            batches = epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world)
-            task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(batches), info="")
-            t0, loss_sum, seen, extras = time.perf_counter(), 0.0, 0, {}
-            for step, idx in enumerate(batches):
-                method.on_train_step((epoch - 1 + step / len(batches)) / cfg.epochs)
-                x = train_images[idx].to(device, non_blocking=True)
-                terms = step_model(x)
-                loss = terms["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch}; lower the learning rate "
-                        f"(train.lr={cfg.lr}) or check the input images"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                method.after_optimizer_step()
-                loss_sum += loss.item() * len(idx)
-                seen += len(idx)
-                for key, value in terms.items():
-                    if key != "loss":
-                        extras[key] = extras.get(key, 0.0) + float(value.detach()) * len(idx)
-                progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-            schedule.step()
-            progress.remove_task(task)
-            seconds = time.perf_counter() - t0
-            # the ranks' sums, averaged: the mean over the global batches (every rank saw as many images)
-            loss_sum, seen, *sums = distributed.mean(
-                torch.tensor([loss_sum, seen, *extras.values()], dtype=torch.float64)).tolist()
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": loss_sum / max(seen, 1),
-                "seconds": seconds,
-                "images_per_second": seen * world / seconds if seconds > 0 else math.nan,
-                "lr": lr,
-                **{k: v / max(seen, 1) for k, v in zip(extras, sums, strict=True)},
-            }
-            if val_images is not None and len(val_images) >= 2:
-                record["val_loss"] = _validation_loss(method, val_images, cfg, device)
-            checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
-            if sensitivity is not None and checkpoint_epoch:
-                # rank 0's encoder decides (the ranks' BatchNorm statistics differ slightly)
-                record["sensitivity"] = distributed.broadcast_object(sensitivity(method.encoder) if main else None)
-                record["sensitivity_se"] = sensitivity.standard_error(record["sensitivity"])
-                consider(epoch, record["sensitivity"])
-            history.append(record)
-            if main:
-                log.info(
-                    "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
-                    epoch,
-                    cfg.epochs,
-                    record["loss"],
-                    f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
-                    f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
-                    record["images_per_second"],
-                )
-            if checkpoint_epoch:
-                save(epoch)
+    error = (f"loss became {{loss}} at epoch %d; lower the learning rate (train.lr={cfg.lr}) "
+             "or check the input images")
+
+    def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+        method.on_train_step(done)
+        terms = step_model(train_images[idx].to(device, non_blocking=True))
+        values = {"loss": optimizer_step(terms["loss"], optimizer, error % epoch)}
+        method.after_optimizer_step()
+        return values | {key: float(value.detach()) for key, value in terms.items() if key != "loss"}
+
+    def end_of_epoch(record: dict[str, Any]) -> None:
+        epoch, seconds, images = record.pop("epoch"), record.pop("seconds"), record.pop("images")
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+        schedule.step()
+        # every rank saw as many images: the mean of the ranks' means is the mean over the global batches
+        means = distributed.mean(torch.tensor(list(record.values()), dtype=torch.float64)).tolist()
+        terms = dict(zip(record, means, strict=True))
+        record.clear()
+        record.update(epoch=epoch, loss=terms.pop("loss"), seconds=seconds,
+                      images_per_second=images * world / seconds if seconds > 0 else math.nan, lr=lr, **terms)
+        if val_images is not None and len(val_images) >= 2:
+            record["val_loss"] = _validation_loss(method, val_images, cfg, device)
+        checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        if sensitivity is not None and checkpoint_epoch:
+            # rank 0's encoder decides (the ranks' BatchNorm statistics differ slightly)
+            record["sensitivity"] = distributed.broadcast_object(sensitivity(method.encoder) if main else None)
+            record["sensitivity_se"] = sensitivity.standard_error(record["sensitivity"])
+            consider(epoch, record["sensitivity"])
+        history.append(record)  # before saving: the checkpoint holds the history up to this epoch
+        if main:
+            log.info(
+                "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
+                epoch,
+                cfg.epochs,
+                record["loss"],
+                f"  val_loss {record['val_loss']:.4f}" if "val_loss" in record else "",
+                f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
+                record["images_per_second"],
+            )
+        if checkpoint_epoch:
+            save(epoch)
+
+    run_epochs(step, lambda epoch: epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world),
+               epochs=cfg.epochs, start=start_epoch - 1, name="epoch", show=cfg.progress and main,
+               after_epoch=end_of_epoch)
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
     if chosen is not None:
         if chosen == best["epoch"] and chosen != history[-1]["epoch"]:
