@@ -9,8 +9,8 @@ changes in a later medad.
 Each preset was chosen on the development sets in ``../shared/data`` within 30 minutes of wall
 time (train + fit + evaluate) on a 2-core CPU; docs/presets.md gives the figures, the command and
 what each preset assumes about the images (e.g. ``brain-mri``: lesions are hyperintense on
-FLAIR). ``--set train.device=cuda`` (or ``--device cuda``) runs the same preset on a GPU; the
-``*-long`` variants of docs/presets.md give the longer budgets a GPU affords.
+FLAIR). ``--device cuda`` runs the same preset on a GPU, and flags override its budget there
+(docs/presets.md gives the longer settings to try).
 
 >>> sorted(PRESETS)
 ['brain-mri', 'breast-ultrasound', 'chest-xray', 'generic']
