@@ -206,6 +206,7 @@ class AnomalyDetector:
             val = self.prepare(val_images)
         if len(train) < 2:
             raise ValueError(f"need at least 2 normal training images, got {len(train)}")
+        self._check_fusable(len(val))  # before training, not after
 
         t0 = time.perf_counter()
         encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
@@ -236,6 +237,11 @@ class AnomalyDetector:
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
+    def _check_fusable(self, n_val: int) -> None:
+        if self.config.detector.fuse and n_val < 2:
+            raise ValueError(f"detector.fuse standardises its scores on the validation normals and needs at least "
+                             f"2, got {n_val} (raise data.val_fraction or give validation images)")
+
     def fit_scores(self, images: Images, val_images: Images, unlabeled: Images | None = None) -> AnomalyDetector:
         """Fit the scores on normal ``images`` with the current encoder and set the thresholds on
         ``val_images`` (normals); ``fit`` calls it after pre-training. Call it yourself after
@@ -260,8 +266,7 @@ class AnomalyDetector:
         self.projection_ = fit_projection(self._embed(train[some]).numpy())
 
         self.fusion_ = None
-        if cfg.detector.fuse and len(val) < 2:
-            raise ValueError(f"detector.fuse needs at least 2 validation normals, got {len(val)}")
+        self._check_fusable(len(val))
         if len(val):
             cache: dict = {}
             outputs = self._score(val, cache=cache)
@@ -297,7 +302,7 @@ class AnomalyDetector:
         self._check_fitted()
         unknown = sorted(set(names or ()) - set(self.fitted_scores))
         if unknown:
-            raise ValueError(f"unknown score(s) {unknown}; this model has {list(self.detectors_)}")
+            raise ValueError(f"unknown score(s) {unknown}; this model has {self.fitted_scores}")
         return self._score(self.prepare(images), names)
 
     def score_and_embed(self, images: Images) -> tuple[dict[str, DetectorOutput], Tensor]:
