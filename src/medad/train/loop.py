@@ -235,13 +235,13 @@ def train_method(
 
     method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
     step_model = _parallel(method, device) if world > 1 else method
-    error = (f"loss became {{loss}} at epoch %d; lower the learning rate (train.lr={cfg.lr}) "
-             "or check the input images")
 
     def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
         method.on_train_step(done)
         terms = step_model(train_images[idx].to(device, non_blocking=True))
-        values = {"loss": optimizer_step(terms["loss"], optimizer, error % epoch)}
+        error = (f"loss became {{loss}} at epoch {epoch}; lower the learning rate (train.lr={cfg.lr}) or check the "
+                 "input images")
+        values = {"loss": optimizer_step(terms["loss"], optimizer, error)}
         method.after_optimizer_step()
         return values | {key: float(value.detach()) for key, value in terms.items() if key != "loss"}
 
