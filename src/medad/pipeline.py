@@ -20,10 +20,9 @@ from medad.data.imageset import ImageSet
 from medad.data.loading import load_splits, load_test_split
 from medad.detectors.base import DetectorOutput
 from medad.evaluation.checks import evaluation_warnings
-from medad.evaluation.metrics import image_metrics, pixel_auroc, youden_threshold
-from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.evaluation.projection import fit_projection, project
 from medad.evaluation.records import ImageResult, ResultSet
+from medad.evaluation.summary import labelled_val_metrics, localisation_metrics, detection_metrics
 from medad.model import AnomalyDetector
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
@@ -114,51 +113,10 @@ def summarize(model: AnomalyDetector, results: ResultSet) -> dict[str, Any]:
         metrics["image_score_from_map"] = reduction
     if not test.has_labels():
         return metrics
-    metrics.update(image_metrics(test.scores(), labels, model.threshold_ if model.threshold_ is not None else np.inf))
-    if model.threshold_ is None:
-        for key in ("sensitivity", "specificity", "accuracy"):
-            metrics.pop(key)
-    metrics["scores"] = {
-        name: {k: v for k, v in image_metrics(test.scores(name), labels, np.inf).items()
-               if k in ("image_auroc", "image_ap")}
-        for name in test.score_names()
-    }
-    metrics.update(localisation_metrics(model, test))
+    metrics.update(detection_metrics(test, model.threshold_))
+    metrics.update(localisation_metrics(test, model.pixel_threshold_, model.pixel_threshold_rule_,
+                                        cfg.evaluation.min_region))
     return metrics
-
-
-def localisation_metrics(model: AnomalyDetector, test: ResultSet) -> dict[str, Any]:
-    """Pixel AUROC, PRO, and Dice / IoU at the label-free pixel threshold (pooled over the test
-    images with pixel ground truth: abnormal images with masks and normal images), plus the
-    optimistic ``oracle_dice`` whose threshold is chosen on the test masks themselves."""
-    known = [r for r in test if r.anomaly_map is not None and (r.mask is not None or r.label == 0)]
-    if not any(r.mask is not None and r.label == 1 for r in known):
-        return {}
-    maps, masks = [r.anomaly_map for r in known], [r.mask for r in known]
-    out: dict[str, Any] = {
-        "pixel_auroc": pixel_auroc(maps, masks, labels=[r.label for r in known]),
-        "pro": pro_score(maps, masks),
-        "n_test_masks": sum(r.mask is not None for r in known),
-    }
-    if model.pixel_threshold_ is not None:
-        out.update(segmentation_scores(maps, masks, model.pixel_threshold_, model.config.evaluation.min_region))
-        out.update(pixel_threshold=model.pixel_threshold_, pixel_threshold_rule=model.pixel_threshold_rule_)
-    out["oracle_dice"], out["oracle_dice_threshold"] = oracle_dice(maps, masks)
-    return out
-
-
-def labelled_val_block(model: AnomalyDetector, labelled_val: ImageSet, test: ResultSet) -> dict[str, Any]:
-    """The papers' protocol, reported apart: a Youden threshold fitted on a user-provided labelled
-    validation set, then applied to the test scores. Never fitted on the test split."""
-    val_scores = model.decision_function(labelled_val)
-    threshold = youden_threshold(val_scores, labelled_val.labels.numpy())
-    m = image_metrics(test.scores(), test.labels(), threshold)
-    return {
-        "threshold": threshold,
-        "rule": "youden_on_labelled_val",
-        "n_labelled_val": len(labelled_val),
-        **{k: m[k] for k in ("sensitivity", "specificity", "accuracy")},
-    }
 
 
 # -- writing a run folder -----------------------------------------------------------------------
@@ -196,7 +154,8 @@ def write_evaluation(
     metrics["model"] = folder.link_to(model_dir)
     metrics.update(diagnostics or {})
     if labelled_val is not None and results.with_role("test").has_labels():
-        metrics["labelled_val"] = labelled_val_block(model, labelled_val, results.with_role("test"))
+        metrics["labelled_val"] = labelled_val_metrics(model.decision_function(labelled_val),
+                                                       labelled_val.labels.numpy(), results.with_role("test"))
     for warning in evaluation_warnings(metrics):
         log.warning(warning)
     atomic_write_text(folder.metrics, json.dumps(_jsonable(metrics), indent=2))
