@@ -13,7 +13,7 @@ from medad.config import RunConfig, apply_overrides, from_preset, load_config
 from medad.detectors.registry import build_detector
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
-from medad.presets import PRESETS, merge_preset
+from medad.presets import PRESETS, Preset, merge_preset
 
 runner = CliRunner()
 
@@ -42,6 +42,17 @@ def test_another_detector_drops_the_preset_detector_params() -> None:
     cfg = apply_overrides(from_preset("brain-mri"), {"detector.name": "padim", "detector.params.d": 20})
     assert cfg.detector.params == {"d": 20}
     build_detector(cfg.detector.name, cfg.detector.params)
+
+
+def test_another_detector_drops_the_preset_also_and_fuse_unless_given(monkeypatch) -> None:
+    fused = {"detector": {"name": "mahalanobis", "also": ["nnd", {"name": "dae", "params": {"epochs": 2}}],
+                          "fuse": ["mahalanobis", "dae"]}}
+    monkeypatch.setitem(PRESETS, "fused", Preset("test preset with fusion", fused))
+    assert from_preset("fused").detector.fuse == ["mahalanobis", "dae"]
+    cfg = apply_overrides(from_preset("fused"), {"detector.name": "nnd"})
+    assert cfg.detector.also == "auto" and cfg.detector.fuse == []
+    kept = apply_overrides(from_preset("fused"), {"detector.name": "padim", "detector.also": ["nnd"]})
+    assert kept.detector.also_names() == ["nnd"] and kept.detector.fuse == []
 
 
 def test_yaml_preset_and_the_flag_that_replaces_it(tmp_path) -> None:
@@ -83,3 +94,10 @@ def test_cli_list_shows_presets_and_train_uses_one(tmp_path) -> None:
     assert saved["preset"] == "brain-mri" and saved["data"]["image_size"] == 32
     assert saved["detector"]["name"] == "dae" and saved["detector"]["params"]["epochs"] == 1
     assert saved["maps"]["foreground"] == PRESETS["brain-mri"].values["maps"]["foreground"]
+
+
+def test_a_config_written_with_the_unused_evaluation_batch_size_still_loads(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"evaluation": {"batch_size": 128, "top_k": 4}}))
+    cfg = load_config(path)
+    assert cfg.evaluation.top_k == 4 and "batch_size" not in cfg.evaluation.model_dump()

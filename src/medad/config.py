@@ -191,7 +191,15 @@ class EvalConfig(_Strict):
         0, ge=0, description="drop predicted lesion components smaller than this many pixels (0 = keep all)"
     )
     top_k: int = Field(8, ge=1, le=64, description="images per gallery in the report")
-    batch_size: int = Field(128, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unused_batch_size(cls, data: Any) -> Any:
+        """``evaluation.batch_size`` (configs written before 2026-12-03) was never read (scoring batches are
+        set per detector, e.g. the embedding detectors' ``batch_size``); old configs still load without it."""
+        if isinstance(data, dict) and "batch_size" in data:
+            data = {k: v for k, v in data.items() if k != "batch_size"}
+        return data
 
 
 class RunConfig(_Strict):
@@ -255,7 +263,8 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return a copy with dotted-key overrides applied, e.g. ``{"train.epochs": 3}`` (``None`` sets null).
 
     Choosing another method or detector (``method.name``, ``detector.name``) than the config's
-    preset names drops the params that preset gave the one it replaces.
+    preset names drops the params that preset gave the one it replaces (and, for the detector,
+    the preset's ``also`` and ``fuse``, which were chosen around it).
 
     >>> apply_overrides(RunConfig(), {"method.params.temperature": 0.5}).method.params
     {'temperature': 0.5}
@@ -264,11 +273,15 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """
     data = config.model_dump(mode="json")
     preset = PRESETS[config.preset].values if config.preset in PRESETS else {}
-    for part in ("method", "detector"):
+    defaults = {"params": {}, "also": "auto", "fuse": []}
+    for part, keys in (("method", ("params",)), ("detector", ("params", "also", "fuse"))):
         given = preset.get(part, {})
-        if (overrides.get(f"{part}.name") not in (None, data[part]["name"])
-                and data[part]["params"] == given.get("params", {})):
-            data[part]["params"] = {}
+        if overrides.get(f"{part}.name") in (None, data[part]["name"]):
+            continue
+        for key in keys:
+            if key in given and data[part][key] == RunConfig.model_validate({part: {key: given[key]}}).model_dump(
+                    mode="json")[part][key]:
+                data[part][key] = defaults[key]
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
