@@ -31,6 +31,11 @@ class Preset:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+# The modality-free denoising U-Net (absolute residual) and the maps inside the foreground:
+# ``generic``'s detector, and ``chest-xray``'s second opinion.
+_DAE_ABS = {"polarity": "abs", "epochs": 40, "noise_std": 0.4, "work_size": 64}
+_BODY_MAPS = {"foreground": 0.1, "erode": 8.0, "smooth": 8.0}
+
 PRESETS: dict[str, Preset] = {
     "brain-mri": Preset(
         "axial brain MRI slices, FLAIR (channel 1 of pre-contrast/FLAIR/post-contrast, or grey FLAIR): "
@@ -45,12 +50,15 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "chest-xray": Preset(
-        "frontal chest radiographs (grey): contrastive pre-training, Mahalanobis image score (no map)",
+        "frontal chest radiographs (grey): contrastive pre-training, Mahalanobis image score fused with "
+        "a denoising U-Net's absolute residual (image level, no map)",
         {
             "data": {"image_size": 64, "channels": 1},
             "encoder": {"width": 64},
             "method": {"name": "contrastive"},
-            "detector": {"name": "mahalanobis"},
+            "detector": {"name": "mahalanobis", "also": ["nnd", "lh", "cosine", {"name": "dae", "params": _DAE_ABS}],
+                         "fuse": ["mahalanobis", "dae"]},
+            "maps": _BODY_MAPS,
             "train": {"epochs": 50},
         },
     ),
@@ -70,9 +78,8 @@ PRESETS: dict[str, Preset] = {
         {
             "data": {"image_size": 128},
             "method": {"name": "none"},
-            "detector": {"name": "dae", "params": {"polarity": "abs", "epochs": 40, "noise_std": 0.4,
-                                                   "work_size": 64}},
-            "maps": {"foreground": 0.1, "erode": 8.0, "smooth": 8.0},
+            "detector": {"name": "dae", "params": _DAE_ABS},
+            "maps": _BODY_MAPS,
             "evaluation": {"pixel_threshold_quantile": 0.999},
         },
     ),

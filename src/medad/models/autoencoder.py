@@ -91,7 +91,8 @@ class ConvAutoEncoder(nn.Module):
         flat = CHANNELS[-1] * self.grid**2
         self.encoder = nn.Sequential(*(_conv(a, b) for a, b in zip((channels, *CHANNELS[:-1]), CHANNELS)))
         first = _linear(flat, hidden)  # built before the code layer: the seed's weights stay those of older runs
-        self.bottleneck_in = nn.Sequential(first, nn.Linear(hidden, latent) if linear_latent else _linear(hidden, latent))
+        code = nn.Linear(hidden, latent) if linear_latent else _linear(hidden, latent)
+        self.bottleneck_in = nn.Sequential(first, code)
         self.memory = MemoryModule(memory, latent, shrink) if memory > 0 else None
         self.bottleneck_out = _linear(latent, flat)
         out_channels = channels * (2 if uncertainty else 1)
