@@ -273,15 +273,14 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """
     data = config.model_dump(mode="json")
     preset = PRESETS[config.preset].values if config.preset in PRESETS else {}
-    defaults = {"params": {}, "also": "auto", "fuse": []}
+    fresh = RunConfig().model_dump(mode="json")
     for part, keys in (("method", ("params",)), ("detector", ("params", "also", "fuse"))):
-        given = preset.get(part, {})
-        if overrides.get(f"{part}.name") in (None, data[part]["name"]):
+        if part not in preset or overrides.get(f"{part}.name") in (None, data[part]["name"]):
             continue
+        given = RunConfig.model_validate({part: preset[part]}).model_dump(mode="json")[part]
         for key in keys:
-            if key in given and data[part][key] == RunConfig.model_validate({part: {key: given[key]}}).model_dump(
-                    mode="json")[part][key]:
-                data[part][key] = defaults[key]
+            if key in preset[part] and data[part][key] == given[key]:
+                data[part][key] = fresh[part][key]
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
