@@ -124,7 +124,7 @@ METHOD_ROWS: dict[str, Row] = {
     "PMSACL + PaDiM": _method("pmsacl", "padim", 15),
     "CON2 (invert) + S_NND": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
                                      {"optimizer": "adamw", "weight_decay": 0.001}),
-    "DINO + negatives + cosine": _method("dino_neg", "cosine", 30, train={"optimizer": "adamw", "lr": 2.5e-4}),
+    "DINO + negatives + cosine": _method("dino_neg", "cosine", 60, train={"optimizer": "adamw", "lr": 2.5e-4}),
 }
 ROWS.update(METHOD_ROWS)
 FEATURE_SCORES = ("mahalanobis", "nnd", "lh")

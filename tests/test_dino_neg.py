@@ -69,7 +69,7 @@ def test_uniformity_loss_is_log_k_for_uniform_outputs_and_larger_otherwise() -> 
 
 
 def test_teacher_temperature_and_momentum_schedules() -> None:
-    m = small_method()
+    m = small_method(teacher_temp_start=0.04)  # the thesis's schedule (the default starts at 0.02)
     assert m.teacher_temp == 0.04 and m.momentum == 0.996  # before the first step
     expected = {0.0: (0.04, 0.996), 0.5: (0.025, 0.998), 1.0: (0.01, 1.0)}
     for progress, (temp, momentum) in expected.items():
@@ -148,6 +148,27 @@ def test_without_negatives_it_is_plain_dino() -> None:
     torch.manual_seed(0)
     terms = small_method(negative_weight=0.0).training_loss(torch.rand(3, 1, 16, 16))
     assert "loss_neg" not in terms and torch.equal(terms["loss"].detach(), terms["loss_pos"])
+
+
+def test_without_local_views_l_pos_pairs_the_two_global_views() -> None:
+    """The default (n_local = n_local_negatives = 0): L_pos is the cross-entropy between each
+    teacher global view and the student's other global view, nothing else (negatives in their own
+    BatchNorm batches here, so that the direct computation below sees the same statistics)."""
+    m = small_method(n_local=0, n_local_negatives=0, negative_batches="separate")
+    x = torch.rand(4, 1, 16, 16)
+    torch.manual_seed(2)
+    terms = m.training_loss(x)
+    torch.manual_seed(2)
+    full = [m.views.global_view(x, i) for i in range(2)]
+    with torch.no_grad():
+        teacher = m.teacher_head(m.encoder(torch.cat(full))).view(2, 4, -1)
+        student = m.student(full, 4)
+    p_t = torch.softmax(teacher / m.teacher_temp, -1)  # the centre is still 0 before the first call
+    log_p_s = torch.log_softmax(student / m.params.student_temp, -1)
+    direct = -((p_t[0] * log_p_s[1]).sum(-1).mean() + (p_t[1] * log_p_s[0]).sum(-1).mean()) / 2
+    assert terms["loss_pos"].item() == pytest.approx(direct.item(), rel=1e-5)
+    assert "loss_neg" in terms and terms["loss_neg"] >= math.log(16) - 1e-5
+    assert DinoNegMethod.Params().n_local == 0 and DinoNegMethod.Params().n_local_negatives == 0
 
 
 def test_auxiliary_images_become_negatives(tmp_path) -> None:
