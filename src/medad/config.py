@@ -273,14 +273,14 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """
     data = config.model_dump(mode="json")
     preset = PRESETS[config.preset].values if config.preset in PRESETS else {}
-    fresh = RunConfig().model_dump(mode="json")
     for part, keys in (("method", ("params",)), ("detector", ("params", "also", "fuse"))):
         if part not in preset or overrides.get(f"{part}.name") in (None, data[part]["name"]):
             continue
-        given = RunConfig.model_validate({part: preset[part]}).model_dump(mode="json")[part]
+        section = type(getattr(config, part))  # MethodConfig or DetectorConfig
+        given, fresh = section.model_validate(preset[part]).model_dump(mode="json"), section().model_dump(mode="json")
         for key in keys:
             if key in preset[part] and data[part][key] == given[key]:
-                data[part][key] = fresh[part][key]
+                data[part][key] = fresh[key]
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
