@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
@@ -32,6 +31,7 @@ from medad.models.resnet import LAYERS, ResNetEncoder
 class StagePool(nn.Module):
     """The spatial mean ``[N, C]`` of one stage's feature map of ``encoder``.
 
+    >>> import torch
     >>> enc = ResNetEncoder(in_channels=1, width=8)
     >>> tuple(StagePool(enc, "layer2")(torch.rand(2, 1, 32, 32)).shape)
     (2, 16)
