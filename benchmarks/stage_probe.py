@@ -1,14 +1,15 @@
 """Which stage of a trained encoder carries the anomaly signal? A Mahalanobis probe per ResNet stage.
 
 For each saved run (a run folder with ``model/``) this fits medad's ``mahalanobis`` detector (raw
-features, Ledoit–Wolf covariance) on the spatial mean of each ResNet stage's feature map
-(``layer1`` .. ``layer4``; ``layer4`` pooled is the encoder's own embedding) over the run's
-training normals, and prints the test image AUROC of each stage beside the run's saved scores.
+features, Ledoit–Wolf covariance) with ``layer`` set to each ResNet stage in turn (the spatial mean
+of ``layer1`` .. ``layer4``; ``layer4`` is the encoder's own embedding) over the run's training
+normals, and prints the test image AUROC of each stage beside the run's saved scores.
 It reads the run's own data (``config.yaml``), so it needs the labelled test split of that data.
 No training; seconds per run on a CPU.
 
-A diagnostic, not a product score: it tells whether what the pre-training learned sits in the
-deep embedding the detectors use, or only in the early, low-level layers.
+A diagnostic: it tells whether what the pre-training learned sits in the deep embedding the
+detectors use by default, or only in the early, low-level layers. A stage that wins is a product
+setting, e.g. ``--set detector.params.layer=layer1``.
 
     .venv/bin/python benchmarks/stage_probe.py RUN [RUN ...]
 """
@@ -19,30 +20,12 @@ import argparse
 from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
-from torch import Tensor, nn
 
 from medad.data.loading import load_splits
 from medad.detectors.gaussian import MahalanobisDetector
 from medad.evaluation.records import ResultSet
 from medad.model import AnomalyDetector
-from medad.models.resnet import LAYERS, ResNetEncoder
-
-
-class StagePool(nn.Module):
-    """The spatial mean ``[N, C]`` of one stage's feature map of ``encoder``.
-
-    >>> import torch
-    >>> enc = ResNetEncoder(in_channels=1, width=8)
-    >>> tuple(StagePool(enc, "layer2")(torch.rand(2, 1, 32, 32)).shape)
-    (2, 16)
-    """
-
-    def __init__(self, encoder: ResNetEncoder, layer: str):
-        super().__init__()
-        self.encoder, self.layer = encoder, layer
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.encoder.feature_maps(x, (self.layer,))[self.layer].mean(dim=(2, 3))
+from medad.models.resnet import LAYERS
 
 
 def probe(run: Path) -> dict[str, float]:
@@ -55,8 +38,8 @@ def probe(run: Path) -> dict[str, float]:
     labels = splits.test.labels.numpy()
     out = {}
     for layer in LAYERS:
-        stage = StagePool(model.encoder_, layer)
-        scores = MahalanobisDetector().fit(train, stage).score(test, stage).scores
+        detector = MahalanobisDetector(layer=layer).fit(train, model.encoder_)
+        scores = detector.score(test, model.encoder_).scores
         out[layer] = float(roc_auc_score(labels, scores.numpy()))
     return out
 

@@ -12,6 +12,7 @@ from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.registry import DETECTORS, applicable_detectors, build_detector
+from medad.models.resnet import ResNetEncoder
 
 EMBEDDING = sorted(name for name, cls in DETECTORS.items() if issubclass(cls, EmbeddingDetector))
 
@@ -168,6 +169,36 @@ def test_cache_embeds_each_image_set_once(data):
 def test_encoder_must_return_pooled_embeddings():
     with pytest.raises(ValueError, match=r"pooled embeddings \[N, D\]"):
         MahalanobisDetector().fit(torch.rand(4, 1, 3, 3), nn.Identity())
+
+
+def test_layer_embeds_the_stage_mean():
+    encoder = ResNetEncoder(in_channels=1, width=4).eval()
+    train, test = torch.rand(40, 1, 32, 32), torch.rand(6, 1, 32, 32)
+    with torch.no_grad():
+        stage1 = encoder.feature_maps(train, ("layer1",))["layer1"].mean(dim=(2, 3))
+        stage1_test = encoder.feature_maps(test, ("layer1",))["layer1"].mean(dim=(2, 3))
+    on_layer1 = MahalanobisDetector(layer="layer1").fit(train, encoder)
+    on_means = MahalanobisDetector().fit(stage1[:, :, None, None], nn.Flatten())
+    torch.testing.assert_close(on_layer1.mean, on_means.mean)  # 4 channels of layer1, not 32 of layer4
+    torch.testing.assert_close(on_layer1.score(test, encoder).scores,
+                               on_means.score(stage1_test[:, :, None, None], nn.Flatten()).scores)
+    # layer4's mean is the encoder's own pooled output
+    torch.testing.assert_close(MahalanobisDetector(layer="layer4").fit(train, encoder).score(test, encoder).scores,
+                               MahalanobisDetector().fit(train, encoder).score(test, encoder).scores)
+
+
+def test_layer_needs_a_resnet_and_a_known_stage():
+    with pytest.raises(ValueError, match="needs a ResNet encoder"):
+        MahalanobisDetector(layer="layer2").fit(torch.rand(4, 1, 3, 3), nn.Flatten())
+    with pytest.raises(ValueError, match="layer1"):
+        MahalanobisDetector(layer="layer5")
+
+
+def test_cache_keeps_layers_apart():
+    encoder, images, cache = ResNetEncoder(in_channels=1, width=4), torch.rand(8, 1, 32, 32), {}
+    det1 = build_detector("nnd", {"layer": "layer1"}).fit(images, encoder, cache)
+    det4 = build_detector("nnd", {}).fit(images, encoder, cache)
+    assert det1.bank.shape[-1] == 4 and det4.bank.shape[-1] == 32
 
 
 def test_registry():

@@ -14,15 +14,19 @@ statistics fitted on ``t_k(t_c(x'))`` of the training images, and the score is t
 ``(1 + len(contexts)) (A + 1)`` views. Eq. 16 spreads its A views over the two contexts; here every
 context gets the same A + 1 views.
 
-Each view's embeddings are computed once per (encoder, images, context, view, tta_seed) and kept
-in the caller's ``cache``, so e.g. Mahalanobis, S_NND and S_LH share one forward pass per view
+``params.layer`` (e.g. ``"layer1"``) embeds an image as the spatial mean of that ResNet stage's
+feature map instead of the encoder's pooled output (which is ``layer4``'s mean): what a
+pre-training learned can sit in its early stages only (docs/detectors/embedding-scores.md).
+
+Each view's embeddings are computed once per (encoder, images, layer, context, view, tta_seed) and
+kept in the caller's ``cache``, so e.g. Mahalanobis, S_NND and S_LH share one forward pass per view
 (and the identity view is shared whatever the TTA and context settings).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from medad.augment.context import context_transform
 from medad.augment.tta import tta_view
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.models.resnet import LAYERS
 from medad.runtime import batches, module_device
 
 
@@ -42,6 +47,10 @@ class EmbeddingParams(DetectorParams):
     tta_seed: int = Field(0, description="seed of the test-time augmentation parameters")
     contexts: list[str] = Field(
         default_factory=list, description="CON2 context augmentations scored beside the identity (eq. 16)"
+    )
+    layer: Literal[LAYERS] | None = Field(  # type: ignore[valid-type]
+        None, description="ResNet stage whose spatially averaged map is the embedding (None: the encoder's "
+        "pooled output, the mean of layer4)"
     )
 
     @field_validator("contexts")
@@ -59,12 +68,27 @@ class EmbeddingParams(DetectorParams):
         return (1 + len(self.contexts)) * (self.tta + 1)
 
 
+def stage_mean(encoder: nn.Module, x: Tensor, layer: str) -> Tensor:
+    """Spatial mean ``[N, C]`` of ResNet stage ``layer``'s feature map of ``x``.
+
+    >>> from medad.models.resnet import ResNetEncoder
+    >>> tuple(stage_mean(ResNetEncoder(in_channels=1, width=8), torch.rand(2, 1, 32, 32), "layer2").shape)
+    (2, 16)
+    """
+    if not callable(getattr(encoder, "feature_maps", None)):
+        raise ValueError(f"detector.params.layer={layer!r} needs a ResNet encoder with feature maps, "
+                         f"got {type(encoder).__name__}")
+    return encoder.feature_maps(x, (layer,))[layer].mean(dim=(2, 3))
+
+
 @torch.no_grad()
 def embed_view(
-    images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size: int, context: str | None = None
+    images: Tensor, encoder: nn.Module, k: int, seed: int, batch_size: int, context: str | None = None,
+    layer: str | None = None,
 ) -> Tensor:
     """Embeddings ``[N, D]`` (float32, CPU) of TTA view ``k`` of ``images [N, C, H, W]``, or of
-    ``t_c(images)`` for a ``context`` (:data:`medad.augment.context.CONTEXTS`).
+    ``t_c(images)`` for a ``context`` (:data:`medad.augment.context.CONTEXTS`); with a ``layer``,
+    the :func:`stage_mean` of that stage instead of the encoder's output.
 
     The encoder runs in eval mode on its own device; its previous train/eval mode is restored.
 
@@ -75,12 +99,13 @@ def embed_view(
         raise ValueError("no images to embed")
     device, was_training = module_device(encoder), encoder.training
     transform = context_transform(context) if context else None
+    forward = encoder if layer is None else (lambda x: stage_mean(encoder, x, layer))
     encoder.eval()
     try:
         parts = []
         for batch in batches(images, batch_size):
             batch = batch.to(device)
-            out = encoder(tta_view(transform(batch) if transform else batch, k, seed))
+            out = forward(tta_view(transform(batch) if transform else batch, k, seed))
             if out.ndim != 2:
                 raise ValueError(f"the encoder must return pooled embeddings [N, D], got shape {tuple(out.shape)}")
             parts.append(out.float().cpu())
@@ -95,9 +120,9 @@ def embed_view(
 
 def cached_view(
     images: Tensor, encoder: nn.Module, cache: dict, k: int = 0, seed: int = 0, batch_size: int = 128,
-    context: str | None = None,
+    context: str | None = None, layer: str | None = None,
 ) -> Tensor:
-    """:func:`embed_view` computed once per (encoder, images, context, view) and kept in ``cache``:
+    """:func:`embed_view` computed once per (encoder, images, layer, context, view) and kept in ``cache``:
     the detectors of one scoring pass and the model's :meth:`~medad.model.AnomalyDetector.embed`
     share it. View 0 (identity) does not depend on the seed, so detectors without TTA share it.
 
@@ -108,10 +133,10 @@ def cached_view(
     >>> cached_view(x, flat, cache) is cached_view(x, flat, cache)
     True
     """
-    key = ("embedding", id(encoder), id(images), context, k, seed if k else None)
+    key = ("embedding", id(encoder), id(images), layer, context, k, seed if k else None)
     if key not in cache:
         # keeping encoder and images alive guarantees their ids are not reused by other objects
-        cache[key] = (encoder, images, embed_view(images, encoder, k, seed, batch_size, context))
+        cache[key] = (encoder, images, embed_view(images, encoder, k, seed, batch_size, context, layer))
     return cache[key][-1]
 
 
@@ -166,7 +191,7 @@ class EmbeddingDetector(Detector):
             raise ValueError(f"detector {self.name!r} needs the encoder")
         cache = {} if cache is None else cache
         p = self.params
-        views = [cached_view(images, encoder, cache, k, p.tta_seed, p.batch_size, context)
+        views = [cached_view(images, encoder, cache, k, p.tta_seed, p.batch_size, context, p.layer)
                  for context in [None, *p.contexts] for k in range(p.tta + 1)]
         return torch.stack(views)
 
