@@ -202,7 +202,7 @@ def test_cache_keeps_layers_apart():
 
 
 def test_registry():
-    assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "cosine",
+    assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "patchcore", "cosine",
                               "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan", "dae", "intensity"}
     assert EMBEDDING == ["cosine", "lh", "mahalanobis", "nnd"]
     assert applicable_detectors("nnd")[0] == "nnd" and set(applicable_detectors("nnd")) == set(EMBEDDING)

@@ -101,3 +101,13 @@ def test_a_config_written_with_the_unused_evaluation_batch_size_still_loads(tmp_
     path.write_text(yaml.safe_dump({"evaluation": {"batch_size": 128, "top_k": 4}}))
     cfg = load_config(path)
     assert cfg.evaluation.top_k == 4 and "batch_size" not in cfg.evaluation.model_dump()
+
+
+def test_foreground_channels_beyond_the_image_channels_fail_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"foreground_channels \[1\] do not exist in data.channels=1"):
+        RunConfig.model_validate({"maps": {"foreground": 0.1, "foreground_channels": [1]}})
+    assert RunConfig.model_validate({"data": {"channels": 3}, "maps": {"foreground_channels": [1]}})
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--preset", "brain-mri", "--data", str(tmp_path), "--out", str(run),
+                                 "--channels", "1", "--no-progress"])
+    assert result.exit_code != 0 and "data.channels=1" in result.output and not run.exists()

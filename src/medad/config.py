@@ -227,6 +227,15 @@ class RunConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _foreground_channels_exist(self) -> RunConfig:
+        """Caught here, before any training, rather than when the first map is post-processed."""
+        bad = [c for c in self.maps.foreground_channels or [] if not 0 <= c < self.data.channels]
+        if bad:
+            raise ValueError(f"maps.foreground_channels {bad} do not exist in data.channels={self.data.channels} "
+                             "images (channels count from 0; set data.channels: 3 for colour / multi-sequence data)")
+        return self
+
 
 def load_config(path: str | Path | None = None, preset: str | None = None) -> RunConfig:
     """Read and validate a YAML config (none: the defaults); ``preset`` replaces the file's

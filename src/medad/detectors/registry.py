@@ -24,13 +24,14 @@ from medad.detectors.igd import IGDDetector
 from medad.detectors.intensity import IntensityDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.padim import PadimDetector
+from medad.detectors.patchcore import PatchcoreDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
         MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector,
         DDADDetector, AutoEncoderDetector, MemAEDetector, AEUDetector, MSSSIMAEDetector,
-        IGDDetector, FAnoGANDetector, DAEDetector, IntensityDetector,
+        IGDDetector, FAnoGANDetector, DAEDetector, IntensityDetector, PatchcoreDetector,
     )
 }
 
