@@ -58,6 +58,7 @@ def test_onnxruntime_reproduces_scores_and_maps(tmp_path, detector, params, extr
 @pytest.mark.parametrize(("detector", "params", "extra", "reason"), [
     ("dae", {"epochs": 1, "widths": [4, 8]}, {}, "fills holes with scipy"),
     ("nnd", {"tta": 2}, {}, "tta / contexts"),
+    ("patchcore", {"coreset_ratio": 0.5}, {}, "nearest-patch search"),
     ("padim", {"d": 16}, {"maps": {"foreground": 0.1}}, "maps.foreground"),
 ])
 def test_models_that_are_not_one_graph_are_refused_with_the_reason(tmp_path, detector, params, extra, reason):

@@ -10,6 +10,7 @@ from medad import AnomalyDetector
 from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
 from medad.detectors.maps import foreground_mask, postprocess_maps, reduce_maps, smooth_maps
+from medad.detectors.registry import DETECTORS
 
 
 def _ring(size: int) -> torch.Tensor:
@@ -79,3 +80,20 @@ def test_model_applies_maps_settings_to_scores_maps_and_threshold() -> None:
     assert torch.allclose(out.scores, out.maps.flatten(1).mean(1).double())
     assert not torch.equal(out.maps, plain.score_all(lesions)["dae"].maps)
     assert masked.pixel_threshold_ != plain.pixel_threshold_
+
+
+def test_every_spatial_detector_names_the_reduction_of_a_postprocessed_map() -> None:
+    spatial = [name for name, cls in DETECTORS.items() if cls.spatial]
+    assert "patchcore" in spatial and "padim" in spatial
+    assert all("reduction" in DETECTORS[name].Params.model_fields for name in spatial)
+
+
+def test_patchcore_scores_the_postprocessed_map() -> None:
+    normals, _ = make_phantoms(12, 32, seed=0)
+    lesions, _ = make_phantoms(3, 32, seed=1, lesion=True)
+    config = RunConfig.model_validate({"data": {"image_size": 32}, "method": {"name": "none"}, "encoder": {"width": 8},
+                                       "train": {"progress": False}, "detector": {"name": "patchcore", "also": []},
+                                       "maps": {"foreground": 0.1, "erode": 16}})
+    out = AnomalyDetector(config).fit(normals).score_all(lesions)["patchcore"]
+    assert torch.allclose(out.scores, out.maps.flatten(1).max(1).values.double())
+    assert (out.maps[~foreground_mask(lesions, 0.1, erode=16)] == 0).all()

@@ -40,6 +40,7 @@ REFUSED = {
     "dae": "its input foreground mask fills holes with scipy, which is not a graph operation",
     "ddad": "its ensembles and ASR-Net are not wired for export yet",
     "igd": "its scoring is not wired for export yet",
+    "patchcore": "its nearest-patch search is not wired for export yet",
     "fanogan": "its scoring is not wired for export yet",
     "intensity": "it is a baseline; its map is the image itself",
 }

@@ -23,7 +23,9 @@ its equations) and checked against anomalib's documented behaviour (layers ``lay
   ``s = (1 − exp‖m_test* − m*‖ / Σ_{m ∈ N_b(m*)} exp‖m_test* − m‖) · s*``,
   with ``N_b(m*)`` the ``b = num_neighbors`` bank patches nearest to ``m*`` (``m*`` itself
   included): a patch whose nearest normal patch sits in a sparse region of the bank scores
-  higher. ``num_neighbors = 0`` keeps ``s*``.
+  higher. ``num_neighbors = 0`` keeps ``s*``. When a run post-processes maps (``maps.foreground``,
+  ``maps.smooth``), the image score is the ``reduction`` of the processed map instead, as for
+  every spatial detector, so that patches outside the foreground do not count.
 
 >>> from medad.models.resnet import ResNetEncoder
 >>> _ = torch.manual_seed(0)
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,10 @@ class PatchcoreParams(DetectorParams):
     projection_dim: int = Field(128, ge=1, description="random-projection dims for the coreset distances")
     num_neighbors: int = Field(9, ge=0, description="b of the image-score re-weighting (eq. 7); 0: no re-weighting")
     sigma: float = Field(4.0, ge=0, description="Gaussian blur of the map, px at 256 px; 0: none")
+    reduction: Literal["max", "mean"] = Field(
+        "max", description="image score of a map post-processed by the run's maps: settings (foreground, blur), "
+        "which replaces eq. 7 so that patches outside the foreground do not count"
+    )
     seed: int = Field(0, description="seed of the coreset start and projection (in a run: train.seed unless set)")
     batch_size: int = Field(32, ge=1, description="images per encoder forward pass")
 
