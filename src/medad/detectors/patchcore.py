@@ -13,8 +13,8 @@ its equations) and checked against anomalib's documented behaviour (layers ``lay
   coreset selection** (eq. 4, the paper's algorithm 1): starting from one seeded random patch,
   repeatedly add the patch farthest from those chosen, distances measured after a seeded Gaussian
   random projection to ``projection_dim`` dims (Johnson–Lindenstrauss), until ``coreset_ratio`` of
-  the bank is kept (:func:`greedy_coreset`). This minimises the largest distance from any
-  training patch to the kept ones.
+  the bank is kept (:func:`greedy_coreset`). This keeps the largest distance from any training
+  patch to the kept ones within twice its smallest possible value (greedy k-centre).
 - **Scores** (eqs. 5–7): a test patch's anomaly is its Euclidean distance to the nearest bank
   patch; the map is that distance at every grid position, upsampled bilinearly to the image and
   blurred with ``sigma`` (px at 256 px, σ = 4 as in the paper). The image score is the largest
