@@ -222,3 +222,12 @@ def test_position_task_only_in_the_local_model_by_default() -> None:
     assert _method().training_loss(images)["loss_pos"] == 0
     assert _method(view="local").training_loss(images)["loss_pos"] > 0
     assert _method(weight_pos=1.0).training_loss(images)["loss_pos"] > 0
+
+
+@pytest.mark.parametrize("weight_ctr", [1.0, 0.0])
+def test_loss_is_eq_1_with_the_weights(weight_ctr: float) -> None:
+    """eq. (1): the weighted sum of the terms; ``weight_ctr: 0`` (the CPU-budget setting) drops ℓ_ctr."""
+    out = _method(weight_ctr=weight_ctr, weight_aug=0.5).training_loss(make_phantoms(6, 32, seed=0)[0])
+    assert out["loss_ctr"] > 0
+    expected = weight_ctr * out["loss_ctr"] + out["loss_pmsacl"] + 0.5 * out["loss_aug"]
+    assert torch.isclose(out["loss"], expected)
