@@ -130,7 +130,11 @@ def test_compare_ranks_runs_by_sensitivity_score_and_refuses_other_splits(tmp_pa
               for name in ("t05", "t02")}
     best, worst = max(scores, key=scores.get), min(scores, key=scores.get)
     assert "standard errors" in result.output
-    assert result.output.index(f"{scores[best]:.4f}") < result.output.index(f"{scores[worst]:.4f}")
+    high, low = f"{scores[best]:.4f}", f"{scores[worst]:.4f}"
+    if high != low:
+        assert result.output.index(high) < result.output.index(low)
+    else:  # an AUROC over a few held-out images takes few values (here multiples of 1/8): a tie has no order
+        assert result.output.count(high) >= 2
     result = runner.invoke(app, ["compare", str(tmp_path / "t05"), str(tmp_path / "seed1")])
     assert result.exit_code == 2 and "train.seed" in result.output
     result = runner.invoke(app, ["compare", str(tmp_path / "t05")])

@@ -205,6 +205,8 @@ def test_context_silhouette_matches_sklearn_and_restores_mode() -> None:
     value = context_silhouette(encoder, images, "invert", batch_size=4)
     assert encoder.training
     with torch.no_grad():
-        z = encoder.eval()(torch.cat([images, 1 - images])).numpy()
+        z = encoder.eval()(torch.cat([images, 1 - images])).double().numpy()
+    # float64 like context_silhouette: sklearn on float32 input would take the 256-term cosine
+    # distances in float32 (BLAS, CPU-dependent rounding up to ~2 gamma_256 = 3e-5 of each distance)
     assert value == pytest.approx(silhouette_score(z, [0] * 6 + [1] * 6, metric="cosine"), abs=1e-6)
     assert -1 <= value <= 1

@@ -16,6 +16,8 @@ from medad import distributed
 from medad.cli import app
 from medad.train.loop import epoch_batches
 
+from tolerance import tolerance  # tests/ is on sys.path
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -51,8 +53,13 @@ def test_two_processes_train_exactly_like_one_and_resume_exactly(tmp_path):
     uninterrupted one does (every rank's RNG state is in the checkpoint)."""
     one, two = _worker(tmp_path, 1), _worker(tmp_path, 2)
     assert (one["world_size"], two["world_size"]) == (1, 2)
+    # float32 either way, but two processes sum each step's gradient (DDP's all-reduce of two halves)
+    # and the gathered NT-Xent over the 16 views of a global batch in another order than one process;
+    # 3 epochs x 6 steps carry that rounding forward, on losses ~2 and weights < 1 (measured: 5e-7;
+    # ungathered negatives or a summed instead of averaged gradient move them by > 1e-2)
+    tol = tolerance(torch.float32, terms=18 * 16)
     for key in ("loss", "val_loss", "weight"):
-        np.testing.assert_allclose(two["straight"][key], one["straight"][key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(two["straight"][key], one["straight"][key], **tol)
     assert one["straight"]["loss"][-1] < one["straight"]["loss"][0]  # it did learn
     noisy = _worker(tmp_path, 2, "noise")
     assert noisy["straight"]["loss"] != two["straight"]["loss"]  # the noise is drawn

@@ -73,6 +73,7 @@ def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path) -> Non
 
     from PIL import Image
 
+    from medad.evaluation.calibration import normal_quantile
     from medad.prediction import predict_run
 
     model, folder = _fitted(tmp_path, "padim", {"d": 16})
@@ -86,10 +87,17 @@ def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path) -> Non
         with open(predict_run(source, [images], tmp_path / name)) as fh:
             rows[name] = list(csv.DictReader(fh))
         assert len(list((tmp_path / name / "heatmaps" / "images").glob("*.png"))) == 5
+    rel = 1e-4  # onnxruntime against PyTorch: other float32 kernels (export checks the same)
     for a, b in zip(rows["torch"], rows["onnx"]):
-        assert a["path"] == b["path"] and a["label"] == b["label"]
-        assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
-        assert float(a["normal_quantile"]) == pytest.approx(float(b["normal_quantile"]), abs=1e-3)
+        score = float(a["score"])
+        assert a["path"] == b["path"] and float(b["score"]) == pytest.approx(score, rel=rel)
+        # the label and quantile are decisions on the score: they must be those of some score within
+        # rel of PyTorch's, which differ from PyTorch's only where the threshold or a validation
+        # score lies that close (4 decimals printed)
+        assert a["label"] == b["label"] or abs(score - model.threshold_) <= rel * abs(score)
+        low, high = normal_quantile(np.array([score - rel * abs(score), score + rel * abs(score)]), model.val_scores_)
+        assert low - 1e-4 <= float(b["normal_quantile"]) <= high + 1e-4
+        assert low - 1e-4 <= float(a["normal_quantile"]) <= high + 1e-4
 
 
 def test_cli_export(tmp_path) -> None:

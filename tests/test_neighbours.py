@@ -10,6 +10,7 @@ from torch import nn
 
 from medad.detectors.neighbours import NeighbourIndex
 from medad.detectors.registry import build_detector
+from tolerance import tolerance
 
 
 def _bank(m: int, d: int, seed: int) -> torch.Tensor:
@@ -33,8 +34,11 @@ def test_faiss_ivf_is_close_to_exact_and_exact_with_every_cell_visited() -> None
     bank, query = _bank(4000, 16, 2), _bank(100, 16, 3)
     exact = NeighbourIndex(bank, "faiss").search(query, 1)
     approx = NeighbourIndex(bank, "faiss-ivf", nprobe=8).search(query, 1)
-    assert (approx <= exact + 1e-6).all()  # never better than the true nearest neighbour
-    assert (approx > exact - 1e-6).float().mean() >= 0.7  # usually the same one (random data: the worst case)
+    # the flat index (BLAS) and the inverted lists (faiss' own loops) sum the 16 products of unit vectors
+    # in different orders: the same neighbour's similarity may differ by up to the float32 bound
+    tol = tolerance(torch.float32, terms=16)["atol"]
+    assert (approx <= exact + tol).all()  # never better than the true nearest neighbour
+    assert (approx > exact - tol).float().mean() >= 0.7  # usually the same one (random data: the worst case)
     every_cell = NeighbourIndex(bank, "faiss-ivf", nprobe=10_000).search(query, 1)
     assert torch.allclose(every_cell, exact, atol=1e-5)
 

@@ -10,6 +10,7 @@ from medad.detectors.padim import PadimDetector, PositionMoments, patch_embeddin
 from medad.detectors.registry import applicable_detectors, build_detector
 from medad.linalg import shrunk_covariance, spd_inverse
 from medad.models.resnet import ResNetEncoder
+from tolerance import tolerance
 
 LAYERS = ("layer1", "layer2", "layer3")
 
@@ -38,10 +39,15 @@ def normals() -> torch.Tensor:
     return 0.3 + 0.4 * F.interpolate(noise, size=16, mode="bilinear", align_corners=False)
 
 
-def all_embeddings(images: torch.Tensor, encoder: nn.Module, index: torch.Tensor) -> torch.Tensor:
-    """Every training vector at once, ``[P, N, d]`` float64 — the naive computation."""
+def all_embeddings(images: torch.Tensor, encoder: nn.Module, index: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Every training vector at once, ``[P, N, d]`` float64 — the naive computation of the statistics.
+
+    The features are computed in the detector's batches of ``batch_size``: a convolution's float32
+    rounding can depend on the batch size (oneDNN picks kernels by shape and CPU), and the
+    covariances amplify that by their condition number (up to ~600 here), so features from other
+    batches would test the CPU's kernels, not the streamed statistics."""
     with torch.no_grad():
-        f = patch_embeddings(images, encoder, LAYERS, index)
+        f = torch.cat([patch_embeddings(b, encoder, LAYERS, index) for b in images.split(batch_size)])
     return f.flatten(2).permute(2, 0, 1).double()
 
 
@@ -59,7 +65,7 @@ def test_patch_embeddings_select_from_the_nearest_upsampled_concatenation(encode
 @pytest.mark.parametrize("covariance", ["ledoit_wolf", "identity"])
 def test_streamed_statistics_equal_the_all_at_once_ones(encoder, normals, covariance):
     det = PadimDetector(d=20, covariance=covariance, batch_size=7).fit(normals, encoder)
-    X = all_embeddings(normals, encoder, det.index)
+    X = all_embeddings(normals, encoder, det.index, det.params.batch_size)  # the detector's own features
     if covariance == "ledoit_wolf":
         mean, cov, _ = shrunk_covariance(X)
     else:
@@ -81,16 +87,24 @@ def test_streamed_statistics_equal_the_all_at_once_ones(encoder, normals, covari
 
 def test_distance_equals_numpy_mahalanobis_at_positions(encoder, normals):
     det = PadimDetector(d=12, seed=3).fit(normals, encoder)
-    X = all_embeddings(normals, encoder, det.index).numpy()
+    X = all_embeddings(normals, encoder, det.index, det.params.batch_size).numpy()
     tests = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         features = patch_embeddings(tests, encoder, LAYERS, det.index)
     dist = det.distance_map(features).numpy()
+    d = X.shape[-1]
     for i, j in [(0, 0), (5, 11), (15, 15)]:
         mean, cov, _ = shrunk_covariance(torch.from_numpy(X[i * 16 + j]))
         diff = features[:, :, i, j].double().numpy() - mean.numpy()
         expected = np.sqrt(np.einsum("nd,nd->n", diff, np.linalg.solve(cov.numpy(), diff.T).T))
-        np.testing.assert_allclose(dist[:, i, j], expected, rtol=1e-4)
+        # the detector works in float32 with μ and Σ⁻¹ stored as float32: x − μ, a d-term product
+        # and a d-term sum round q = (x − μ)ᵀ Σ⁻¹ (x − μ) by up to γ_{2d+4} (|x − μ| + |μ|)ᵀ |Σ⁻¹| |x − μ|
+        # (mixed signs in Σ⁻¹ cancel); the square root halves the relative error
+        abs_precision = np.abs(np.linalg.inv(cov.numpy()))
+        reach = np.einsum("nd,de,ne->n", np.abs(diff) + np.abs(mean.numpy()), abs_precision, np.abs(diff)) / expected**2
+        rtol = tolerance(torch.float32, terms=2 * d + 4, scale=float(reach.max()))["atol"] / 2
+        assert rtol < 1e-3  # far below any formula error
+        np.testing.assert_allclose(dist[:, i, j], expected, rtol=rtol)
 
 
 @pytest.mark.parametrize("covariance", ["ledoit_wolf", "identity"])
@@ -146,6 +160,7 @@ def test_per_position_covariances_are_inverted_accurately(d, covariance):
     mixing = torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5
     n = 150  # fewer images than d=224: singular sample covariance, kept invertible by regularisation
     x = torch.randn(4, n, d, generator=gen, dtype=torch.float64) @ mixing + torch.randn(4, 1, d, generator=gen)
+    x = x.float().double()  # the float32 features the detector below is fitted on, exactly
     moments = PositionMoments()
     for part in x.split(64, dim=1):
         moments.update(part)
@@ -155,7 +170,13 @@ def test_per_position_covariances_are_inverted_accurately(d, covariance):
 
     det = PadimDetector(layers=("layer1",), d=d, covariance=covariance, batch_size=64)
     det.fit(x.permute(1, 2, 0).reshape(n, d, 2, 2).float(), Identity2d(d))  # 4 positions on a 2x2 grid
-    assert (C.float() @ det.precision.reshape(4, d, d) - eye.float()).abs().max() < 1e-3
+    # the float64 inverse of the same covariance, stored as float32: each entry of Σ⁻¹ is off by up
+    # to u |Σ⁻¹|, so Σ Σ⁻¹ − I by up to u |Σ||Σ⁻¹|; the product is taken in float64, where its own
+    # d-term rounding is negligible (in float32 it is up to γ_d |Σ||Σ⁻¹| ~ 2e-3 here, CPU-dependent)
+    reach = float((C.abs() @ spd_inverse(C).abs()).max())
+    tol = tolerance(torch.float32, terms=1, scale=reach)["atol"] + 1e-8  # + the float64 inverse's error above
+    assert tol < 1e-4  # far below the error of a wrong or misplaced inverse
+    assert (C @ det.precision.reshape(4, d, d).double() - eye).abs().max() < tol
 
 
 def test_encoder_mode_and_statistics_are_left_untouched(normals):

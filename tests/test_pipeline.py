@@ -100,7 +100,7 @@ def test_predict_and_evaluate_reproduce_training_scores(run, dataset, tmp_path):
     with open(scores_csv) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 and {"path", "score", "label", "normal_quantile"} <= set(rows[0])
-    for row in rows:
+    for row in rows:  # printed to 6 significant digits (5e-6), from float32 embeddings: 1e-4 leaves room for both
         assert float(row["score"]) == pytest.approx(trained[row["path"]], rel=1e-4, abs=1e-5)
         assert row["label"] in ("0", "1") and 0.0 <= float(row["normal_quantile"]) <= 1.0
     evaluated, out = evaluate_run(run_dir, dataset)
@@ -212,6 +212,10 @@ def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path)
     primary score is computed unless asked."""
     import shutil
 
+    from matplotlib import colormaps
+
+    from medad.report.figures import OVERLAY_ALPHA, OVERLAY_CMAP
+
     nested = tmp_path / "export" / "study1" / "series1"
     nested.mkdir(parents=True)
     for f in sorted((dataset / "test" / "good").glob("*.png"))[:3]:
@@ -229,7 +233,7 @@ def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path)
     assert len(rows) == len(rows_batched) == 15 and list(rows[0]) == ["path", "score", "label", "normal_quantile",
                                                                        "padim"]
     assert {"mahalanobis", "nnd"} <= set(rows_batched[0])
-    for a, b in zip(rows, rows_batched):
+    for a, b in zip(rows, rows_batched):  # other batches, other kernels (~1e-6), and printed to 6 digits (1e-5)
         assert a["path"] == b["path"] and float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4, abs=1e-5)
     heat = tmp_path / "p1" / "heatmaps"
     assert len(list((heat / "export" / "study1" / "series1").glob("*.png"))) == 3
@@ -246,8 +250,15 @@ def _predict_batches_nested_folders_and_colour_scale(run_dir, dataset, tmp_path)
     alone = tmp_path / "alone"
     first = sorted(twin.glob("*.png"))[0]
     predict_run(run_dir, [first], alone)
-    picture = np.asarray(Image.open(alone / "heatmaps" / first.name))
-    assert np.array_equal(picture, np.asarray(Image.open(heat / "lesion_2" / first.name)))
+    picture = np.asarray(Image.open(alone / "heatmaps" / first.name)).astype(int)
+    among_others = np.asarray(Image.open(heat / "lesion_2" / first.name)).astype(int)
+    # Alone or among 14 others, the image's map comes from other batches, so other kernels and rounding (~1e-5
+    # of its values): a pixel on the edge between two of the colour map's 256 colours may take the next one,
+    # blended at OVERLAY_ALPHA. A colour scale taken from the batch, not fixed at fit time, changes ~2/3 of them.
+    cmap = colormaps[OVERLAY_CMAP]
+    step = np.abs(np.diff(cmap(np.arange(cmap.N))[:, :3] * 255, axis=0)).max()
+    changed = np.abs(picture - among_others)
+    assert changed.max() <= OVERLAY_ALPHA * step + 1 and changed.any(-1).mean() <= 0.02
 
 
 def test_pmsacl_run_shows_its_medmix_examples_in_the_report(dataset, tmp_path):

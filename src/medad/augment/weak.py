@@ -48,7 +48,7 @@ def random_resized_crop_rotate_flip(
 
     >>> x = torch.rand(2, 1, 8, 8)
     >>> y = random_resized_crop_rotate_flip(x, scale=(1, 1), ratio=(1, 1), degrees=0, hflip_p=1)
-    >>> torch.allclose(y, x.flip(-1), atol=1e-6)
+    >>> torch.allclose(y, x.flip(-1), atol=1e-5)  # the warp samples within ~side * 2**-24 px
     True
     """
     if not 0 < scale[0] <= scale[1] <= 1:
@@ -89,7 +89,7 @@ def brightness_contrast(
     is clipped to [0, 1] after each step, like torchvision's ``ColorJitter``.
 
     >>> x = torch.rand(3, 1, 8, 8)
-    >>> torch.allclose(brightness_contrast(x, 0.0, 0.0), x)
+    >>> torch.allclose(brightness_contrast(x, 0.0, 0.0), x, atol=1e-6)  # (x - mean) + mean rounds at the mean
     True
     """
     n = x.shape[0]
