@@ -65,6 +65,10 @@ def train(
         None, help="Start from a preset (brain-mri, chest-xray, breast-ultrasound, generic; `medad list`); "
         "the config file and the flags override it."
     ),
+    budget: Optional[str] = typer.Option(
+        None, help="paper: the method's and detector's published budget (image size, epochs, batch, optimiser, "
+        "learning rate; docs/methods/) under the config file's values and the flags; cpu: medad's defaults."
+    ),
     method: Optional[str] = typer.Option(None, help="Pre-training method, e.g. contrastive."),
     detector: Optional[str] = typer.Option(
         None,
@@ -81,6 +85,10 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
     seed: Optional[int] = typer.Option(None, help="Seed for every random source."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto."),
+    precision: Optional[str] = typer.Option(
+        None, help="auto (bf16 autocast on a CUDA GPU, fp32 on a CPU), fp32 or bf16; weights and statistics stay "
+        "fp32/fp64."
+    ),
     select_by: Optional[str] = typer.Option(
         None, help="Checkpoint to keep: last, or sensitivity (label-free; see train.select_margin)."
     ),
@@ -108,9 +116,11 @@ def train(
             --set encoder.width=32 --out runs/ccd-local
 
         medad train --nproc 2 --preset chest-xray --data ../shared/data/pneumoniamnist.npz --out runs/cx
+
+        medad train --device cuda --budget paper --method con2 --data ../shared/data/chest_xray_covid_224 --out runs/con2
     """
     from medad import distributed
-    from medad.config import apply_overrides, load_config, parse_assignments, shortcut_overrides
+    from medad.config import parse_assignments, resolve_config, shortcut_overrides
     from medad.pipeline import train_run
 
     if nproc > 1 and not distributed.launched():
@@ -124,12 +134,12 @@ def train(
         overrides = shortcut_overrides(
             data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
             image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
-            seed=seed, device=device, progress=None if progress else False,
+            seed=seed, device=device, precision=precision, progress=None if progress else False,
         )
         overrides.update(parse_assignments(set_))
         if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
             overrides["data.unlabeled"] = str(unlabeled)
-        cfg = apply_overrides(load_config(config, preset=preset), overrides)
+        cfg = resolve_config(config, preset=preset, budget=budget, overrides=overrides)
         metrics = train_run(cfg, out, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from medad.budgets import budget_overrides, flat_keys
 from medad.presets import PRESETS, merge_preset
 
 SCHEMA_VERSION = 1
@@ -160,9 +161,13 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-6, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO: 10)")
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO's code: 10)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="dtype the networks compute in: auto = bf16 autocast on a CUDA GPU, fp32 on a CPU "
+        "(weights and statistics stay fp32/fp64; medad.device_policy)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
     select_by: Literal["last", "sensitivity"] = Field(
@@ -210,6 +215,10 @@ class RunConfig(_Strict):
         None, description="the preset this config started from (medad.presets; `medad list`): filled in by "
         "load_config / from_preset under the explicit values, then only a record"
     )
+    budget: Literal["cpu", "paper"] = Field(
+        "cpu", description="paper: the method's and detector's published budget (medad.budgets) wherever the "
+        "run gives no value of its own (apply_budget); cpu: medad's defaults. Then only a record"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -237,21 +246,62 @@ class RunConfig(_Strict):
         return self
 
 
+def _read_yaml(path: str | Path | None) -> dict[str, Any]:
+    """The mapping in a YAML config file (none: empty); errors name the file."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping at the top level")
+    return raw
+
+
 def load_config(path: str | Path | None = None, preset: str | None = None) -> RunConfig:
     """Read and validate a YAML config (none: the defaults); ``preset`` replaces the file's
     ``preset:``. Errors name the file and the offending field."""
-    raw: Any = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"config {path} must be a mapping at the top level")
+    raw = _read_yaml(path)
     if preset is not None:
         raw["preset"] = preset
     return RunConfig.model_validate(merge_preset(raw))
+
+
+def resolve_config(path: str | Path | None = None, *, preset: str | None = None, budget: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run's config, lowest first: medad's defaults, the preset, the budget (:func:`apply_budget`),
+    the YAML file's values, the dotted ``overrides`` (CLI flags and ``--set``). ``preset`` and
+    ``budget`` replace the file's.
+
+    >>> cfg = resolve_config(budget="paper", overrides={"method.name": "ccd", "train.epochs": 3})
+    >>> cfg.data.image_size, cfg.train.batch_size, cfg.train.epochs, cfg.budget
+    (256, 32, 3, 'paper')
+    """
+    raw = _read_yaml(path)
+    overrides = overrides or {}
+    if preset is not None:
+        raw["preset"] = preset
+    config = apply_overrides(RunConfig.model_validate(merge_preset(raw)), overrides)
+    return apply_budget(config, budget, explicit=flat_keys(raw) | set(overrides))
+
+
+def apply_budget(config: RunConfig, budget: str | None = None, explicit: set[str] | frozenset[str] = frozenset()
+                 ) -> RunConfig:
+    """``config`` with ``budget`` recorded (``None``: keep the config's) and, for ``paper``, the values
+    of :func:`medad.budgets.budget_overrides` for its method and primary detector set wherever the
+    dotted key is not in ``explicit`` (the values the run gave itself).
+
+    >>> apply_budget(RunConfig(), "paper", explicit={"train.epochs"}).train.optimizer  # contrastive: SGD
+    'sgd'
+    """
+    if budget is not None and budget != config.budget:
+        config = apply_overrides(config, {"budget": budget})
+    if config.budget != "paper":
+        return config
+    values = budget_overrides(config.method.name, config.detector.name)
+    return apply_overrides(config, {key: value for key, value in values.items() if key not in explicit})
 
 
 def from_preset(name: str, values: dict[str, Any] | None = None) -> RunConfig:
@@ -328,6 +378,7 @@ SHORTCUTS: dict[str, str] = {
     "lr": "train.lr",
     "seed": "train.seed",
     "device": "train.device",
+    "precision": "train.precision",
     "progress": "train.progress",
     "select_by": "train.select_by",
 }

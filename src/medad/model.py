@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 from medad import __version__
 from medad import distributed
-from medad.config import FUSION, RunConfig, apply_shortcuts, from_preset
+from medad.config import FUSION, RunConfig, apply_budget, apply_shortcuts, from_preset, shortcut_overrides
 from medad.data.imageset import ImageSet
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
+from medad.device_policy import ComputePolicy
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.fusion import Standardisation, fit_fusion, fuse_scores
 from medad.detectors.maps import postprocess_maps, reduce_maps
@@ -99,19 +100,23 @@ class AnomalyDetector:
     """Self-supervised encoder + anomaly scores + label-free threshold.
 
     Configure with a :class:`~medad.config.RunConfig` or a ``preset`` name (:mod:`medad.presets`),
+    a ``budget`` (``"paper"``: the published one, :mod:`medad.budgets`, under the shortcuts given),
     and/or shortcuts (``method``, ``detector``, ``image_size``, ``channels``, ``epochs``,
     ``batch_size``, ``lr``, ``seed``, ``device``, ``progress``). Images may be an
     :class:`ImageSet`, a tensor or array ``[N, C, H, W]`` / ``[N, H, W]`` (floats in [0, 1] or
     uint8), or a path to a file or folder of images.
     """
 
-    def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, **shortcuts: Any):
+    def __init__(self, config: RunConfig | None = None, *, preset: str | None = None, budget: str | None = None,
+                 **shortcuts: Any):
         if preset is not None and config is not None:
             raise ValueError("give a config or a preset, not both (the config records its preset)")
-        if config is not None and preset is None and not shortcuts:
+        if config is not None and preset is None and budget is None and not shortcuts:
             self.config = config  # as given, so that scikit-learn's clone finds the same object
         else:
-            self.config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
+            config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
+            # the shortcuts given win over the budget's values
+            self.config = apply_budget(config, budget, explicit=set(shortcut_overrides(**shortcuts)))
         self.device = resolve_device(self.config.train.device)
         self.encoder_: nn.Module | None = None
         self.method_: PretrainMethod | None = None  # the fitted method with its heads; not saved (load: None)
@@ -138,6 +143,12 @@ class AnomalyDetector:
         """Name of the score used for the threshold and predictions: the detector's, or ``fusion``
         when ``detector.fuse`` averages several (:mod:`medad.detectors.fusion`)."""
         return FUSION if self.config.detector.fuse else self.config.detector.name
+
+    @property
+    def policy(self) -> ComputePolicy:
+        """Where and in which dtype the networks compute (:mod:`medad.device_policy`), from
+        ``train.device`` and ``train.precision``."""
+        return ComputePolicy.resolve(self.device, self.config.train.precision)
 
     @property
     def preprocessor(self) -> Preprocessor:
@@ -232,7 +243,7 @@ class AnomalyDetector:
         # detectors' own networks are saved beside the pre-training checkpoint, and resumed
         networks = nullcontext() if checkpoint_path is None else network_checkpoints(
             Path(checkpoint_path).parent / "networks", fingerprint, resume)
-        with networks:
+        with networks, self.policy.activate():
             self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
         self.train_seconds_ = time.perf_counter() - t0
         return self
@@ -250,7 +261,8 @@ class AnomalyDetector:
         if self.encoder_ is None:
             raise NotFittedError("fit_scores needs an encoder: call fit() or AnomalyDetector.load() first")
         pool = None if unlabeled is None else self.prepare(unlabeled)
-        return self._fit_scores(self.prepare(images), self.prepare(val_images), pool)
+        with self.policy.activate():
+            return self._fit_scores(self.prepare(images), self.prepare(val_images), pool)
 
     def _fit_scores(self, train: Tensor, val: Tensor, pool: Tensor | None) -> AnomalyDetector:
         """:meth:`fit_scores` on images already brought to the model's layout by :meth:`prepare`."""
@@ -322,8 +334,9 @@ class AnomalyDetector:
         cache = {} if cache is None else cache
         fused = self.fusion_ is not None and (names is None or FUSION in names)
         wanted = None if names is None else set(names) | (set(self.fusion_) if fused else set())
-        outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()
-                   if wanted is None or name in wanted}
+        with self.policy.activate():
+            outputs = {name: det.score(x, self.encoder_, cache) for name, det in self.detectors_.items()
+                       if wanted is None or name in wanted}
         post = self.config.maps
         if post.active:
             for name, out in outputs.items():
@@ -401,7 +414,8 @@ class AnomalyDetector:
 
     def _embed(self, x: Tensor, batch_size: int = 128, cache: dict | None = None) -> Tensor:
         """:meth:`embed` of images already brought to the model's layout by :meth:`prepare`."""
-        return cached_view(x, self.encoder_, {} if cache is None else cache, batch_size=batch_size)
+        with self.policy.activate():
+            return cached_view(x, self.encoder_, {} if cache is None else cache, batch_size=batch_size)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -130,12 +130,14 @@ class MedMix:
     ) -> tuple[Tensor, Tensor]:
         """``images [N, C, H, W]`` in [0, 1] and ``n_lesions [N]`` → (mixed images, uint8 masks ``[N, 1, H, W]``)."""
         n, _, h, w = images.shape
-        counts = torch.as_tensor(n_lesions, dtype=torch.long).reshape(-1).to(images.device)
+        # checked where the counts were made (on the host, for free) before they move to the images
+        counts = torch.as_tensor(n_lesions, dtype=torch.long).reshape(-1)
         if len(counts) != n:
             raise ValueError(f"n_lesions has {len(counts)} entries for {n} images")
         if n and (counts.min() < 0 or counts.max() > self.max_lesions):
             raise ValueError(f"n_lesions must lie in 0..{self.max_lesions}, got {counts.tolist()}")
         slots = int(counts.max()) if n else 0
+        counts = counts.to(images.device)
         masks = torch.zeros(n, 1, h, w, dtype=torch.bool, device=images.device)
         if slots == 0:
             return images.clone(), masks.to(torch.uint8)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from medad.augment.context import context_transform
 from medad.augment.tta import tta_view
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.device_policy import autocast_for
 from medad.models.resnet import LAYERS
 from medad.runtime import batches, module_device
 
@@ -105,7 +106,8 @@ def embed_view(
         parts = []
         for batch in batches(images, batch_size):
             batch = batch.to(device)
-            out = forward(tta_view(transform(batch) if transform else batch, k, seed))
+            with autocast_for(device):
+                out = forward(tta_view(transform(batch) if transform else batch, k, seed))
             if out.ndim != 2:
                 raise ValueError(f"the encoder must return pooled embeddings [N, D], got shape {tuple(out.shape)}")
             parts.append(out.float().cpu())

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from medad.detectors.base import DetectorParams
 from medad.detectors.reconstruction import ReconstructionDetector, ReconstructionParams
+from medad.device_policy import policy_for
 from medad.models.decoder import backbone_from_spec, backbone_spec, copy_weights, usable_backbone
 from medad.models.gan import (
     ConvEncoder, Critic, Generator, LatentEncoder, gradient_penalty, wgan_critic_loss, wgan_generator_loss,
@@ -143,8 +144,11 @@ class FAnoGANDetector(ReconstructionDetector):
                                     {"generator": gen, "critic": critic, "opt_g": opt_g, "opt_d": opt_d}, rng)
         resumed = checkpoint.restore()  # an interrupted fit continues after its last finished epoch
         steps = [resumed.get("step", 0)]  # critic steps so far: the generator steps on every critic_iters-th
+        # fp32 whatever the policy (the gradient penalty is not measured in bf16); only its host reads
+        check = policy_for(device).eager_checks
+        error = f"fanogan critic: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})"
 
-        def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+        def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
             x = images[idx].to(device)
             z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
             eps = torch.rand(len(x), 1, 1, 1, generator=rng).to(device)
@@ -152,13 +156,13 @@ class FAnoGANDetector(ReconstructionDetector):
                 fake = gen(z)
             penalty = gradient_penalty(critic, x, fake, eps)
             d_loss = wgan_critic_loss(critic(x), critic(fake)) + p.gp_weight * penalty
-            value = optimizer_step(d_loss, opt_d, f"fanogan critic: loss became {{loss}} at epoch {epoch}; "
-                                                  f"lower its lr ({p.lr})")
+            value = optimizer_step(d_loss, opt_d, error, epoch, check=check)
             steps[0] += 1
             if steps[0] % p.critic_iters == 0:
                 z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
                 optimizer_step(wgan_generator_loss(critic(gen(z))), opt_g,
-                               f"fanogan generator: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+                               f"fanogan generator: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})",
+                               epoch, check=check)
             return {"loss": value}
 
         def saved(record: dict) -> None:
@@ -166,7 +170,7 @@ class FAnoGANDetector(ReconstructionDetector):
             log.debug("fanogan WGAN-GP epoch %d/%d critic loss %.5f", record["epoch"], p.epochs, record["loss"])
 
         run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, rng), epochs=p.epochs,
-                   start=resumed["epoch"], name="fanogan WGAN-GP", after_epoch=saved)
+                   start=resumed["epoch"], name="fanogan WGAN-GP", after_epoch=saved, live=check, error=error)
         gen.eval()
         critic.eval()
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from medad.detectors.base import DetectorParams
 from medad.detectors.patches import patch_positions, random_patches
 from medad.detectors.reconstruction import ReconstructionDetector, ReconstructionParams
+from medad.device_policy import policy_for
 from medad.models.decoder import (
     ConvDecoder, backbone_from_spec, backbone_spec, copy_weights, default_spec, usable_backbone,
 )
@@ -230,13 +231,16 @@ class IGDDetector(ReconstructionDetector):
             for model, _ in models:
                 model.train()
 
-        def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+        # fp32 whatever the policy (the adversarial balance is not measured in bf16); only its host reads
+        check = policy_for(self.device).eager_checks
+
+        def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
             x = images[idx].to(self.device)
             losses = {}
             for i, ((model, patch), (opt_ae, opt_critic)) in enumerate(zip(models, optimizers)):
                 batch = x if patch == 0 else random_patches(x, patch, p.patches_per_image, generator)
                 losses["loss" if i == 0 else f"loss_model{i}"] = self._step(model, opt_ae, opt_critic, batch,
-                                                                             generator, epoch)
+                                                                             generator, epoch, check)
             return losses
 
         def saved(record: dict) -> None:
@@ -245,12 +249,14 @@ class IGDDetector(ReconstructionDetector):
                       {k: round(v, 5) for k, v in record.items() if k.startswith("loss")})
 
         run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, generator), epochs=p.epochs,
-                   start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, after_epoch=saved)
+                   start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, after_epoch=saved,
+                   live=check, error=f"igd: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})")
         self._refresh(images)
 
     def _step(self, model: IGDModel, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
-              x: Tensor, generator: torch.Generator, epoch: int) -> float:
-        """One autoencoder step (ℓ_rec + λ_h h + λ_reg ACAI) and one critic step; returns the AE loss."""
+              x: Tensor, generator: torch.Generator, epoch: int, check: bool) -> Tensor:
+        """One autoencoder step (ℓ_rec + λ_h h + λ_reg ACAI) and one critic step; returns the AE loss
+        (``check``: see :func:`~medad.train.core.optimizer_step`)."""
         p = self.params
         z, rec = model(x)
         alpha = 0.5 * torch.rand(len(x), 1, generator=generator).to(x)
@@ -258,12 +264,13 @@ class IGDDetector(ReconstructionDetector):
         loss = (reconstruction_loss(x, rec, p.rho).mean()
                 + p.lambda_h * gaussian_anomaly(z, model.mu, model.sigma2).mean()
                 + p.lambda_reg * model.critic(mixed).pow(2).mean())
-        value = optimizer_step(loss, opt_ae, f"igd: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+        value = optimizer_step(loss, opt_ae, f"igd: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})",
+                               epoch, check=check)
         critic_loss = acai_critic_loss(
             model.critic(mixed.detach()), alpha[:, 0], model.critic(p.gamma * x + (1 - p.gamma) * rec.detach())
         )
         optimizer_step(critic_loss, opt_critic,
-                       f"igd critic: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+                       f"igd critic: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})", epoch, check=check)
         return value
 
     @torch.no_grad()

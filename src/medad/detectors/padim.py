@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
 from medad.detectors.maps import reduce_maps, smooth_maps
+from medad.device_policy import autocast_for
 from medad.linalg import spd_inverse
 from medad.runtime import batches, module_device
 
@@ -282,7 +283,8 @@ class PadimDetector(Detector):
         try:
             out = []
             for batch in batches(images, self.params.batch_size):
-                features = patch_embeddings(batch.to(device), encoder, self.params.layers, self.index)
+                with autocast_for(device):
+                    features = patch_embeddings(batch.to(device), encoder, self.params.layers, self.index).float()
                 if not torch.isfinite(features).all():
                     raise ValueError("the encoder produced NaN/Inf feature maps")
                 out.append(fn(features))

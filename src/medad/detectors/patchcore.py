@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from medad.detectors.base import Detector, DetectorOutput, DetectorParams
 from medad.detectors.maps import smooth_maps
+from medad.device_policy import autocast_for
 from medad.runtime import batches, module_device
 
 # pairwise distances held in memory at once by the searches: queries x bank
@@ -230,7 +231,8 @@ class PatchcoreDetector(Detector):
         try:
             out = []
             for batch in batches(images, self.params.batch_size):
-                features = patch_features(batch.to(device), encoder, self.params.layers, self.params.patch_size)
+                with autocast_for(device):
+                    features = patch_features(batch.to(device), encoder, self.params.layers, self.params.patch_size)
                 if not torch.isfinite(features).all():
                     raise ValueError("the encoder produced NaN/Inf feature maps")
                 out.append(features.float())

@@ -161,6 +161,8 @@ class PMSACLMethod(ContrastiveMethod):
         self.pos_head = PatchPositionHead(in_dim)
         self.register_buffer("centres", torch.zeros(p.num_classes, p.proj_dim))
         self.register_buffer("centres_ready", torch.tensor(False))
+        self._centres_known = False  # centres_ready seen true on the host (see _centres_set)
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_centres_known", False))
         q = p.alteration_p
         self.medmix = MedMix(
             size=(p.lesion_size_min, p.lesion_size_max),
@@ -199,9 +201,15 @@ class PMSACLMethod(ContrastiveMethod):
         self.centres.copy_((sums / max(count, 1)).to(self.centres.dtype))
         self.centres_ready.fill_(True)
 
+    def _centres_set(self) -> bool:
+        """``centres_ready``, read from the device once it is true (not at every step on a GPU)."""
+        if not self._centres_known:
+            self._centres_known = bool(self.centres_ready)
+        return self._centres_known
+
     def on_train_start(self, total_steps: int, images: Tensor) -> None:
         """The class centres over the whole training set, unless already set (a resumed run)."""
-        if not bool(self.centres_ready):
+        if not self._centres_set():
             was_training = self.training
             self.train()
             self.init_centres(images)
@@ -230,12 +238,13 @@ class PMSACLMethod(ContrastiveMethod):
         n = len(x)
         if n < 2:
             raise ValueError(f"PMSACL training needs batches of at least 2 images, got {n}")
-        if not bool(self.centres_ready):
+        if not self._centres_set():
             if not self.training:
                 raise RuntimeError("PMSACL class centres are not set: call training_loss in training mode first")
             self.init_centres(images)
-        classes = lesion_classes(n, p.num_classes).to(x.device)
+        classes = lesion_classes(n, p.num_classes)  # on the host: MedMix checks them there
         strong, _ = self.medmix(x, classes)
+        classes = classes.to(x.device)
         h, z = self.project(torch.cat([strong, strong]))
         labels = torch.cat([classes, classes])
         ctr = multi_centring_loss(z, labels, self.centres)

@@ -6,7 +6,10 @@ differ in what one mini-batch step does and in what they keep between epochs, no
 :func:`run_epochs` draws each epoch's index batches, calls the caller's ``step`` on every batch,
 averages what it returns (weighted by batch size), draws the progress bar, and calls the
 caller's hooks before and after every epoch (checkpoints, validation, logging, schedules).
-:func:`optimizer_step` is the one place that checks a loss is finite before stepping on it.
+:func:`optimizer_step` is the one place that checks a loss is finite before stepping on it, where
+reading it back is free (a CPU: :attr:`medad.device_policy.ComputePolicy.eager_checks`); on a GPU
+the step values stay on the device and :func:`run_epochs` reads them, and checks the loss, once per
+epoch, so that no step waits for the GPU.
 
 >>> import torch
 >>> net = torch.nn.Linear(2, 1)
@@ -14,7 +17,7 @@ caller's hooks before and after every epoch (checkpoints, validation, logging, s
 >>> x = torch.rand(16, 2)
 >>> g = torch.Generator().manual_seed(0)
 >>> def step(idx, epoch, done):
-...     return {"loss": optimizer_step(net(x[idx]).pow(2).mean(), opt, "toy: loss {loss} at epoch %d" % epoch)}
+...     return {"loss": optimizer_step(net(x[idx]).pow(2).mean(), opt, "toy: loss {loss} at epoch {epoch}", epoch)}
 >>> history = run_epochs(step, lambda epoch: shuffled_batches(16, 4, g), epochs=3, name="toy")
 >>> [h["epoch"] for h in history], history[-1]["loss"] < history[0]["loss"]
 ([1, 2, 3], True)
@@ -32,20 +35,24 @@ from torch import Tensor
 
 from medad.progress import progress_bar
 
-Step = Callable[[Tensor, int, float], dict[str, float]]
+Step = Callable[[Tensor, int, float], dict[str, "Tensor | float"]]
 """One mini-batch: ``step(indices, epoch, done)`` with ``done`` the share of the run finished
-before this batch; returns the values to log for it (e.g. ``{"loss": 0.31}``)."""
+before this batch; returns the values to log for it (e.g. ``{"loss": tensor(0.31)}``), as 0-d
+tensors left on their device, or floats."""
 
 
-def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, error: str) -> float:
-    """Back-propagate ``loss`` and step ``optimizer``; return the loss as a float. A non-finite loss
-    raises ``FloatingPointError(error.format(loss=...))`` before any weight changes."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(error.format(loss=loss.item()))
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, error: str, epoch: int, *,
+                   check: bool = True) -> Tensor:
+    """Back-propagate ``loss`` and step ``optimizer``; return the detached loss. With ``check`` a
+    non-finite loss raises ``FloatingPointError(error.format(loss=..., epoch=epoch))`` before any
+    weight changes; without it (on a GPU, where the check would wait for the device) the loss is
+    checked where :func:`run_epochs` reads the epoch's mean."""
+    if check and not torch.isfinite(loss):
+        raise FloatingPointError(error.format(loss=loss.item(), epoch=epoch))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -68,13 +75,20 @@ def run_epochs(
     show: bool | None = None,
     before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[dict[str, Any]], None] | None = None,
+    live: bool = True,
+    error: str = "{name}: loss became {loss} at epoch {epoch}; lower the learning rate or check the input images",
 ) -> list[dict[str, Any]]:
     """Epochs ``start + 1 .. epochs`` of ``step`` over ``batches(epoch)``; returns one record per
     epoch: ``epoch``, the batch-size-weighted mean of every value ``step`` returned, ``seconds``
     and ``images`` (seen in the epoch). ``before_epoch(epoch)`` runs before the epoch's batches are
     drawn, ``after_epoch(record)`` after its last step and may add to the record (a checkpoint is
     written there, so that a resumed run starts at the next epoch). The bar (``show``: see
-    :func:`medad.progress.progress_bar`) shows ``name``, the epoch, the batches and the loss.
+    :func:`medad.progress.progress_bar`) shows ``name``, the epoch, the batches and, when ``live``
+    (reading the values back is free: a CPU), the running loss.
+
+    The values are summed in float64 where the step left them and read once per epoch; a
+    non-finite mean ``loss`` raises ``FloatingPointError(error.format(name=..., loss=..., epoch=...))``
+    before ``after_epoch`` (so before that epoch's checkpoint).
     """
     history: list[dict[str, Any]] = []
     with progress_bar(show) as progress:
@@ -89,10 +103,13 @@ def run_epochs(
                 values = step(idx, epoch, (epoch - 1 + i / len(epoch_batches)) / epochs)
                 seen += len(idx)
                 for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
-                progress.update(task, advance=1, info=f"loss {sums.get('loss', math.nan) / seen:.4f}")
-            record: dict[str, Any] = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
-                                      "seconds": time.perf_counter() - t0, "images": seen}
+                    sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float64) * len(idx)
+                info = f"loss {float(sums.get('loss', math.nan)) / seen:.4f}" if live else ""
+                progress.update(task, advance=1, info=info)
+            means = {k: float(v) / max(seen, 1) for k, v in sums.items()}  # the epoch's one read from the device
+            if not math.isfinite(means.get("loss", 0.0)):
+                raise FloatingPointError(error.format(name=name, loss=means["loss"], epoch=epoch))
+            record: dict[str, Any] = {"epoch": epoch, **means, "seconds": time.perf_counter() - t0, "images": seen}
             if after_epoch is not None:
                 after_epoch(record)
             history.append(record)

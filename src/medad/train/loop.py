@@ -33,6 +33,7 @@ from torch import Tensor
 
 from medad import distributed
 from medad.config import TrainConfig
+from medad.device_policy import ComputePolicy, StagedImages
 from medad.methods.base import PretrainMethod
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.core import optimizer_step, run_epochs
@@ -101,19 +102,21 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 
 
 @torch.no_grad()
-def _validation_loss(method: PretrainMethod, images: Tensor, cfg: TrainConfig, device: torch.device) -> float:
-    """Mean loss on validation normals with a fixed augmentation seed, leaving the training RNG intact."""
+def _validation_loss(method: PretrainMethod, images: StagedImages, cfg: TrainConfig, policy: ComputePolicy) -> float:
+    """Mean loss on validation normals with a fixed augmentation seed, leaving the training RNG intact;
+    summed on the device and read once."""
     method.eval()
     total, count = 0.0, 0
     rank, world = distributed.rank(), distributed.world_size()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + 7 + 100_003 * rank)
         for idx in epoch_batches(len(images), cfg.batch_size, cfg.seed, 0, rank, world):
-            x = images[idx].to(device, non_blocking=True)
-            total += float(method.training_loss(x)["loss"]) * len(idx)
+            with policy.autocast():
+                loss = method.training_loss(images[idx])["loss"]
+            total = total + loss.detach().double() * len(idx)
             count += len(idx)
     method.train()
-    total, count = distributed.mean(torch.tensor([total, count], dtype=torch.float64)).tolist()
+    total, count = distributed.mean(torch.tensor([float(total), count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -157,7 +160,8 @@ def train_method(
     ``cfg.select_margin`` standard errors; the history record of the epoch in use gets
     ``"selected": True``.
     """
-    device = torch.device(device)
+    policy = ComputePolicy.resolve(device, cfg.precision)
+    device = policy.device
     if len(train_images) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(train_images)}")
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -235,15 +239,18 @@ def train_method(
 
     method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
     step_model = _parallel(method, device) if world > 1 else method
+    staged = policy.stage(train_images)
+    staged_val = policy.stage(val_images) if val_images is not None and len(val_images) >= 2 else None
+    error = (f"loss became {{loss}} at epoch {{epoch}}; lower the learning rate (train.lr={cfg.lr}, --lr) or check "
+             "the input images")
 
-    def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
+    def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
         method.on_train_step(done)
-        terms = step_model(train_images[idx].to(device, non_blocking=True))
-        error = (f"loss became {{loss}} at epoch {epoch}; lower the learning rate (train.lr={cfg.lr}) or check the "
-                 "input images")
-        values = {"loss": optimizer_step(terms["loss"], optimizer, error)}
+        with policy.autocast():
+            terms = step_model(staged[idx])
+        values = {"loss": optimizer_step(terms["loss"], optimizer, error, epoch, check=policy.eager_checks)}
         method.after_optimizer_step()
-        return values | {key: float(value.detach()) for key, value in terms.items() if key != "loss"}
+        return values | {key: value.detach() for key, value in terms.items() if key != "loss"}
 
     def end_of_epoch(record: dict[str, Any]) -> None:
         epoch, seconds, images = record.pop("epoch"), record.pop("seconds"), record.pop("images")
@@ -255,8 +262,8 @@ def train_method(
         record.clear()
         record.update(epoch=epoch, loss=terms.pop("loss"), seconds=seconds,
                       images_per_second=images * world / seconds if seconds > 0 else math.nan, lr=lr, **terms)
-        if val_images is not None and len(val_images) >= 2:
-            record["val_loss"] = _validation_loss(method, val_images, cfg, device)
+        if staged_val is not None:
+            record["val_loss"] = _validation_loss(method, staged_val, cfg, policy)
         checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         if sensitivity is not None and checkpoint_epoch:
             # rank 0's encoder decides (the ranks' BatchNorm statistics differ slightly)
@@ -277,9 +284,10 @@ def train_method(
         if checkpoint_epoch:
             save(epoch)
 
-    run_epochs(step, lambda epoch: epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world),
-               epochs=cfg.epochs, start=start_epoch - 1, name="epoch", show=cfg.progress and main,
-               after_epoch=end_of_epoch)
+    with policy.activate():
+        run_epochs(step, lambda epoch: epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world),
+                   epochs=cfg.epochs, start=start_epoch - 1, name="epoch", show=cfg.progress and main,
+                   after_epoch=end_of_epoch, live=policy.eager_checks, error=error)
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
     if chosen is not None:
         if chosen == best["epoch"] and chosen != history[-1]["epoch"]:

@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from medad.device_policy import policy_for
 from medad.train.checkpoint import load_checkpoint, save_checkpoint
 from medad.train.core import optimizer_step, run_epochs, shuffled_batches
 
@@ -133,14 +134,18 @@ def train_network(
             module.eval()
             return [float(v) for v in saved["losses"]]
     device = next(module.parameters()).device
+    policy = policy_for(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * sum(len(idx) >= 2 for idx in torch.arange(len(images)).split(batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
     generator = torch.Generator().manual_seed(seed)
 
-    def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
-        loss = loss_fn(images[idx].to(device))
-        value = optimizer_step(loss, optimizer, f"{name}: loss became {{loss}} at epoch {epoch}; lower its lr ({lr})")
+    error = f"{name}: loss became {{loss}} at epoch {{epoch}}; lower its lr ({lr})"
+
+    def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
+        with policy.autocast():
+            loss = loss_fn(images[idx].to(device))
+        value = optimizer_step(loss, optimizer, error, epoch, check=policy.eager_checks)
         if schedule is not None:
             schedule.step()
         return {"loss": value}
@@ -150,7 +155,7 @@ def train_network(
 
     module.train()
     history = run_epochs(step, lambda epoch: shuffled_batches(len(images), batch_size, generator),
-                         epochs=epochs, name=name, after_epoch=logged)
+                         epochs=epochs, name=name, after_epoch=logged, live=policy.eager_checks, error=error)
     losses = [record["loss"] for record in history]
     module.eval()
     if store is not None and path is not None:  # inside network_checkpoints()
