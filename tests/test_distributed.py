@@ -79,15 +79,19 @@ def test_medad_train_nproc_2_writes_one_run_with_the_loss_curve_of_one_process(t
     args = ["train", "--data", str(data), "--method", "contrastive", "--detector", "mahalanobis", "--epochs", "3",
             "--batch-size", "16", "--image-size", "32", "--set", "encoder.width=8", "--no-progress"]
     runs = {}
-    for nproc in (1, 2):
+    for nproc in (None, 1, 2):  # None: a plain process; 1: torchrun, a process group and DDP of one process
         out = tmp_path / f"run{nproc}"
-        done = subprocess.run([sys.executable, "-m", "medad", *args, "--out", str(out), "--nproc", str(nproc)],
+        extra = [] if nproc is None else ["--nproc", str(nproc)]
+        done = subprocess.run([sys.executable, "-m", "medad", *args, "--out", str(out), *extra],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert ("starting" in done.stderr) == (nproc is not None)  # torchrun started
         runs[nproc] = json.loads((out / "model" / "model.json").read_text())["history"]
         assert json.loads((out / "metrics.json").read_text())["image_auroc"] is not None
         assert not (out / ".lock").exists()
     assert done.stderr.count("report:") == 1  # rank 0 alone reports
+    # collectives over one process copy their input: the same code as the plain run, so the same numbers
+    assert [h["loss"] for h in runs[1]] == [h["loss"] for h in runs[None]]
     meta = json.loads((tmp_path / "run2" / "checkpoints" / "last.json").read_text())
     assert meta["world_size"] == 2
     one, two = (np.array([h["loss"] for h in runs[n]]) for n in (1, 2))

@@ -9,8 +9,8 @@ import medad
 
 # docs/architecture.md, "Floors": lowest first; a module may import its own floor and the ones below
 FLOORS = [
-    {"config", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed", "presets", "runlock",
-     "runfolder"},
+    {"config", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed", "presets", "budgets",
+     "runlock", "runfolder"},
     {"data", "augment", "evaluation", "report"},
     {"models"},
     {"methods"},

@@ -56,7 +56,8 @@ _CON2 = "CON2 (Two is better than one)"
 _DDAD = "Cai et al., DDAD-ASR (§4.2, implementation details)"
 
 METHOD_BUDGETS: dict[str, PaperBudget] = {
-    "contrastive": PaperBudget(_RAFIEE + ", ch. 5.2 (its ISBI 2022 paper, RSNA chest X-ray; sections are that paper's)", (
+    "contrastive": PaperBudget(
+        _RAFIEE + ", ch. 5.2 (its ISBI 2022 paper, RSNA chest X-ray; sections are that paper's)", (
         Knob("data.image_size", 224, "§3.2: 224-px crops of randomly resized images"),
         Knob("train.epochs", 100, "§3.2"),
         Knob("train.batch_size", 128, "§3.2; §5.2, Table 3: the best of 64 / 128 / 256"),

@@ -95,9 +95,10 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
-    nproc: int = typer.Option(
-        1, min=1, help="Training processes: starts torchrun with DistributedDataParallel (gloo on CPU, nccl on "
-        "CUDA); train.batch_size is the global batch. Same as `torchrun --nproc_per_node N -m medad train ...`."
+    nproc: Optional[int] = typer.Option(
+        None, min=1, help="Training processes: starts torchrun with DistributedDataParallel (gloo on CPU, nccl on "
+        "CUDA; 1 runs that path in one process); train.batch_size is the global batch. Same as "
+        "`torchrun --nproc_per_node N -m medad train ...`. Without it: one plain process."
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="Any config value as KEY=VALUE (YAML value), e.g. --set method.params.view=local."
@@ -117,13 +118,14 @@ def train(
 
         medad train --nproc 2 --preset chest-xray --data ../shared/data/pneumoniamnist.npz --out runs/cx
 
-        medad train --device cuda --budget paper --method con2 --data ../shared/data/chest_xray_covid_224 --out runs/con2
+        medad train --device cuda --budget paper --method con2 \\
+            --data ../shared/data/chest_xray_covid_224 --out runs/con2
     """
     from medad import distributed
     from medad.config import parse_assignments, resolve_config, shortcut_overrides
     from medad.pipeline import train_run
 
-    if nproc > 1 and not distributed.launched():
+    if nproc is not None and not distributed.launched():
         try:
             code = _torchrun(nproc)
         except _USER_ERRORS as exc:

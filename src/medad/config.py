@@ -161,7 +161,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-6, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO's code: 10)")
+    warmup_epochs: int = Field(
+        0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO's code: 10)"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(

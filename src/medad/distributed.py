@@ -5,7 +5,8 @@ torchrun itself) runs N copies of the training; :func:`init_from_env` joins them
 group (gloo on CPU, nccl on CUDA). Each process trains on its share of every global batch, the
 gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`, and rank 0 alone
 writes the run folder. Outside torchrun every function here is the single-process identity, so the
-methods call them unconditionally.
+methods call them unconditionally; under ``torchrun --nproc_per_node 1`` they run the collectives
+over the one process.
 
 Contrastive losses compare each view with the other views of the *whole* batch: a method gathers
 its embeddings with :func:`gather` before the loss. Every rank then computes the same global loss;
@@ -32,13 +33,14 @@ from torch import Tensor
 
 
 def launched() -> bool:
-    """True inside a multi-process launch (torchrun sets ``WORLD_SIZE``)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True inside a torchrun launch, of any number of processes (torchrun sets ``WORLD_SIZE`` and
+    ``MASTER_ADDR``): ``--nproc 1`` runs the process-group path (DDP, nccl on a GPU) with one process."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
 def active() -> bool:
-    """True when a process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when this process has joined a process group (of one process or more)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:

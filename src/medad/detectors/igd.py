@@ -269,8 +269,8 @@ class IGDDetector(ReconstructionDetector):
         critic_loss = acai_critic_loss(
             model.critic(mixed.detach()), alpha[:, 0], model.critic(p.gamma * x + (1 - p.gamma) * rec.detach())
         )
-        optimizer_step(critic_loss, opt_critic,
-                       f"igd critic: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})", epoch, check=check)
+        optimizer_step(critic_loss, opt_critic, f"igd critic: loss became {{loss}} at epoch {{epoch}}; lower its lr "
+                       f"({p.lr})", epoch, check=check)
         return value
 
     @torch.no_grad()

@@ -238,7 +238,7 @@ def train_method(
             save_checkpoint(ckpt.with_name("best.pt"), {"method": state}, {"epoch": epoch, "sensitivity": value})
 
     method.on_train_start(cfg.epochs * len(epoch_batches(len(train_images), batch_size, cfg.seed, 1)), train_images)
-    step_model = _parallel(method, device) if world > 1 else method
+    step_model = _parallel(method, device) if distributed.active() else method
     staged = policy.stage(train_images)
     staged_val = policy.stage(val_images) if val_images is not None and len(val_images) >= 2 else None
     error = (f"loss became {{loss}} at epoch {{epoch}}; lower the learning rate (train.lr={cfg.lr}, --lr) or check "
