@@ -10,9 +10,9 @@ MVTec layout (what anomalib and MedIAnomaly use)::
 A mask may have any image ending medad reads (``.png`` is looked for first, ``<stem>_mask``
 before ``<stem>``); :func:`medad.data.readers.read_mask` says how its values become lesion pixels.
 Abnormal images without a mask are allowed: they are scored and left out of the pixel metrics.
-When ``ground_truth/`` exists, a warning names every mask file that matches no abnormal test image
-(``0000-mask.png`` beside ``0000.png``, a ``Tumor/`` folder for ``test/tumor/``) and every
-abnormal image left without a mask. Masks of normal images (``ground_truth/good/``) are not read:
+When ``ground_truth/`` exists, warnings name the mask files that match no abnormal test image
+(``0000-mask.png`` beside ``0000.png``, a ``Tumor/`` folder for ``test/tumor/``) and the abnormal
+images left without a mask (the first :data:`NAMED` of each, and how many more). Masks of normal images (``ground_truth/good/``) are not read:
 a normal image's mask is empty. A plain folder (no layout) is read as unlabeled images (label
 -1), e.g. for ``predict`` or an unlabeled pool.
 
