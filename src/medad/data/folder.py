@@ -12,9 +12,10 @@ before ``<stem>``); :func:`medad.data.readers.read_mask` says how its values bec
 Abnormal images without a mask are allowed: they are scored and left out of the pixel metrics.
 When ``ground_truth/`` exists, warnings name the mask files that match no abnormal test image
 (``0000-mask.png`` beside ``0000.png``, a ``Tumor/`` folder for ``test/tumor/``) and the abnormal
-images left without a mask (the first :data:`NAMED` of each, and how many more). Masks of normal images (``ground_truth/good/``) are not read:
-a normal image's mask is empty. A plain folder (no layout) is read as unlabeled images (label
--1), e.g. for ``predict`` or an unlabeled pool.
+images left without a mask (the first :data:`NAMED` of each, and how many more). Masks of
+normal images (``ground_truth/good/``) are not read: a normal image's mask is empty. A plain
+folder (no layout) is read as unlabeled images (label -1), e.g. for ``predict`` or an unlabeled
+pool.
 
 >>> import tempfile, pathlib, numpy as np
 >>> from PIL import Image
