@@ -9,13 +9,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector
 from medad.cli import app
 from medad.config import RunConfig
 from medad.data.synthetic import make_phantoms
-from medad.export import ExportError, export_onnx
+from medad.data.preprocessor import Preprocessor
+from medad.export import ExportError, OnnxModel, export_onnx
 
 NORMALS = make_phantoms(24, 32, seed=0)[0]
 TEST = make_phantoms(5, 32, seed=1, lesion=True)[0]
@@ -107,6 +110,59 @@ def test_cli_export(tmp_path) -> None:
     assert result.exit_code == 0 and "max abs diff" in result.output and (tmp_path / "x.onnx").is_file()
     result = runner.invoke(app, ["export", "--model", str(folder), "--out", str(tmp_path / "y.pt"), "--format", "pt"])
     assert result.exit_code != 0 and "onnx is the only" in " ".join(result.output.split())
+
+
+def _graph_file(path, inputs: dict[str, list], medad: bool = True):
+    """A hand-made ONNX file: the mean of its first input as ``score``, with medad's metadata for
+    32-px grey images when ``medad``."""
+    from onnx import TensorProto, helper
+
+    first = next(iter(inputs))
+    node = helper.make_node("ReduceMean", [first], ["score"], axes=list(range(1, len(inputs[first]))), keepdims=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+                                            for n, shape in inputs.items()],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if medad:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "medad", json.dumps({
+            "config": RunConfig.model_validate({"data": {"image_size": 32}}).model_dump(mode="json"),
+            "input": Preprocessor(32, 1).metadata(), "primary": "mahalanobis", "threshold": 0.5,
+            "pixel_threshold": None, "val_scores": [0.25, 0.75], "map_range": None})
+    onnx.save(model, path)
+    return path
+
+
+def test_an_onnx_file_shaped_like_medad_s_export_is_accepted(tmp_path) -> None:
+    model = OnnxModel(_graph_file(tmp_path / "m.onnx", {"image": ["batch", 1, 32, 32]}))
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.allclose(model.score_all(x)["mahalanobis"].scores.float(), x.mean((1, 2, 3)), atol=1e-6)
+
+
+def test_broken_or_foreign_onnx_files_give_one_line_naming_the_file(tmp_path) -> None:
+    """Issue 27: ``medad predict --model broken.onnx`` ended in a protobuf traceback."""
+    good = _graph_file(tmp_path / "good.onnx", {"image": ["batch", 1, 32, 32]}).read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(good[: len(good) // 2])
+    (tmp_path / "text.onnx").write_text("a text file, not a model\n")
+    _graph_file(tmp_path / "other.onnx", {"image": ["batch", 1, 32, 32]}, medad=False)
+    _graph_file(tmp_path / "inputs.onnx", {"x": ["batch", 3]})
+    _graph_file(tmp_path / "size.onnx", {"image": ["batch", 3, 64, 64]})
+    _graph_file(tmp_path / "two.onnx", {"image": ["batch", 1, 32, 32], "mask": ["batch", 1, 32, 32]})
+    expected = {"cut": "not a readable ONNX file", "text": "not a readable ONNX file", "other": "not exported by medad",
+                "inputs": "does not look like a medad export: its inputs are x", "size": "does not look like",
+                "two": "does not look like", "missing": "ONNX model not found"}
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "a.png")
+    runner = CliRunner()
+    for name, message in expected.items():
+        with pytest.raises((ValueError, OSError), match=message):
+            OnnxModel(tmp_path / f"{name}.onnx")
+        result = runner.invoke(app, ["predict", "--model", str(tmp_path / f"{name}.onnx"), str(images),
+                                     "--out", str(tmp_path / "pred")])
+        line = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{name}.onnx" in line and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "pred" / "scores.csv").exists()
 
 
 @pytest.mark.integration

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,38 @@ def test_scan_folder_finds_labels_defects_and_masks(tmp_path):
         ("c1.png", 1, "cyst", "c1.png"),
         ("c2.png", 1, "cyst", None),
     ]
+
+
+def test_unmatched_masks_and_abnormal_images_without_one_are_named(tmp_path, caplog):
+    """Issue 27: ``0000-mask.png`` for ``0000.png`` was ignored without a word and its image scored
+    without a mask. So is a ``Cyst/`` folder for ``test/cyst/``; a mask in another image format is
+    found; masks of normal images are not read, and not called unmatched."""
+    mvtec(tmp_path)  # c2.png has no mask
+    save(tmp_path / "ground_truth/cyst/c2-mask.png")
+    save(tmp_path / "ground_truth/Cyst/c2_mask.png")
+    save(tmp_path / "ground_truth/good/g0_mask.png")
+    (tmp_path / "ground_truth/cyst/notes.txt").write_text("not a mask")
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        items = scan_folder(tmp_path).test
+    assert [i.mask is None for i in items] == [True, True, False, False, True]
+    unmatched, missing = (r.getMessage() for r in caplog.records)
+    assert unmatched.startswith("2 mask files under") and "Cyst/c2_mask.png, cyst/c2-mask.png" in unmatched
+    assert missing.startswith("1 abnormal images have no mask") and missing.endswith(": test/cyst/c2.png")
+    caplog.clear()
+    save(tmp_path / "ground_truth/cyst/c2_mask.tif")
+    for stray in ("cyst/c2-mask.png", "Cyst/c2_mask.png"):
+        (tmp_path / "ground_truth" / stray).unlink()
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        items = scan_folder(tmp_path).test
+    assert items[-1].mask.name == "c2_mask.tif" and not caplog.records
+
+
+def test_without_ground_truth_masks_are_not_expected(tmp_path, caplog):
+    save(tmp_path / "train/good/a.png")
+    save(tmp_path / "test/cyst/c.png")
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        assert scan_folder(tmp_path).test[0].mask is None
+    assert not caplog.records
 
 
 def test_scan_folder_without_test_is_train_only(tmp_path):
@@ -89,6 +123,39 @@ def test_mask_of_the_wrong_size_names_both_files(tmp_path):
         load_files(items, image_size=8, channels=1)
     loaded = load_files(items, image_size=8, channels=1, on_error="skip")
     assert len(loaded.images) == 0 and loaded.skipped[0][0] == str(image)
+
+
+def test_a_resampled_mask_gains_no_lesion_pixels_on_loading(tmp_path, caplog):
+    """A mask with grey edges (background 1-3, lesion 255) is lesion where >= 128, before the
+    nearest-neighbour resize, which creates no value the mask did not have."""
+    image = save(tmp_path / "test/cyst/x.png", shape=(16, 16), value=100)
+    mask = np.full((16, 16), 2, np.uint8)
+    mask[4:12, 4:8] = 255
+    mask[4:12, 8] = 100  # an interpolated edge: background
+    Image.fromarray(mask).save(tmp_path / "x_mask.png")
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        loaded = load_files([FileItem(image, 1, "cyst", tmp_path / "x_mask.png")], image_size=8, channels=1)
+    expected = np.zeros((8, 8), np.uint8)
+    expected[2:6, 2:4] = 1
+    assert np.array_equal(loaded.images.masks[0, 0].numpy(), expected)
+    assert "x_mask.png is not a 0 / non-zero mask" in caplog.text
+
+
+def test_a_file_gone_after_decoding_is_an_image_read_error(tmp_path, monkeypatch):
+    from medad.data import folder
+
+    good, gone = save(tmp_path / "a.png"), save(tmp_path / "b.png")
+
+    def vanish(path):
+        if path == gone:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return "0" * 64
+
+    monkeypatch.setattr(folder, "sha256_file", vanish)
+    with pytest.raises(ImageReadError, match="b.png: cannot be read again"):
+        load_files([FileItem(good), FileItem(gone)], image_size=8, channels=1)
+    loaded = load_files([FileItem(good), FileItem(gone)], image_size=8, channels=1, on_error="skip")
+    assert loaded.images.ids == [str(good)] and loaded.skipped[0][0] == str(gone)
 
 
 def test_skip_mode_logs_and_records(tmp_path, caplog):

@@ -10,7 +10,7 @@ import medad
 # docs/architecture.md, "Floors": lowest first; a module may import its own floor and the ones below
 FLOORS = [
     {"config", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed", "presets", "budgets",
-     "runlock", "runfolder"},
+     "runlock", "runfolder", "atomic", "outputs"},
     {"data", "augment", "evaluation", "report"},
     {"models"},
     {"methods"},

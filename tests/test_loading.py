@@ -124,6 +124,21 @@ def test_byte_identical_test_image_is_reported(phantoms, tmp_path, caplog):
     assert any("byte-identical" in r.getMessage() for r in caplog.records)
 
 
+def test_a_validation_normal_that_is_a_training_normal_under_another_name_is_reported(phantoms, tmp_path, caplog):
+    root = shutil.copytree(phantoms, tmp_path / "ph")
+    for i in range(20):  # copies of one image: wherever the seeded split puts them, some land on each side
+        shutil.copy(root / "train/good/0000.png", root / f"train/good/copy{i:02d}.png")
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        splits = load_splits(config(root), seed=0)
+    val_ids = {r.id for r in splits.manifest.rows if r.role == "val"}
+    assert any("copy" in i or i.endswith("0000.png") for i in val_ids)
+    assert "validation normals are byte-identical to training normals" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        load_splits(config(phantoms), seed=0)
+    assert "byte-identical" not in caplog.text
+
+
 def test_medmnist_splits_use_normals_of_train_and_val(tmp_path):
     path = write_npz(tmp_path / "pneumoniamnist.npz")
     splits = load_splits(config(path, val_fraction=0.5), seed=0)

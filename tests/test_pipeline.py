@@ -166,6 +166,52 @@ def test_an_existing_run_is_never_overwritten_by_accident(run):
     assert (run_dir / "model" / "model.pt").read_bytes() == before
 
 
+def test_evaluate_never_writes_into_a_run_and_replaces_an_evaluation_only_when_asked(run, dataset, tmp_path):
+    """Issue 27: ``medad evaluate --out RUN`` overwrote the training run's metrics.json."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    _, run_dir, _ = run
+    before = {name: (run_dir / name).read_bytes() for name in ("metrics.json", "report.html", "predictions.npz")}
+    for out in (run_dir, run_dir / "model"):
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match="holds a training run or a model"):
+                evaluate_run(run_dir, dataset, out, overwrite=overwrite)
+    assert all((run_dir / name).read_bytes() == content for name, content in before.items())
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir), "--data", str(dataset), "--out",
+                                      str(run_dir)])
+    assert result.exit_code == 2 and "holds a training run" in result.output and "Traceback" not in result.output
+    out = tmp_path / "eval"
+    evaluate_run(run_dir, dataset, out)
+    (out / "metrics.json").write_text("{}")  # stands for another evaluation's figures
+    with pytest.raises(FileExistsError, match="already holds an evaluation .*--overwrite"):
+        evaluate_run(run_dir, dataset, out)
+    assert (out / "metrics.json").read_text() == "{}"
+    metrics, _ = evaluate_run(run_dir, dataset, out, overwrite=True)
+    assert json.loads((out / "metrics.json").read_text())["image_auroc"] == metrics["image_auroc"]
+
+
+def test_an_interrupted_evaluation_has_no_metrics_json(run, dataset, tmp_path, monkeypatch):
+    """metrics.json is written last: a folder holding it holds a complete evaluation."""
+    from medad import pipeline
+
+    _, run_dir, _ = run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "render_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(run_dir, dataset, tmp_path / "eval")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["predictions.npz"]
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match=r"already holds an evaluation \(predictions.npz\)"):
+        evaluate_run(run_dir, dataset, tmp_path / "eval")
+    evaluate_run(run_dir, dataset, tmp_path / "eval", overwrite=True)
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"predictions.npz", "report.html", "metrics.json"}
+
+
 def test_spatial_detector_gives_localisation_metrics_and_heatmaps(dataset, tmp_path):
     cfg = RunConfig.model_validate(
         {**TINY, "data": {**TINY["data"], "path": str(dataset)}, "detector": {"name": "padim", "params": {"d": 16}}}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import struct
+import threading
+import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,10 +17,12 @@ from PIL import Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from medad.data import readers
 from medad.data.readers import (
     MAX_SIDE,
     ImageReadError,
     list_image_files,
+    open_pillow,
     read_images,
     read_mask,
 )
@@ -168,11 +175,43 @@ def test_too_large_image(tmp_path):
         read_images(tmp_path / "wide.png", 1)
 
 
-def test_pillow_decompression_bomb_becomes_our_error(tmp_path, monkeypatch):
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "bomb.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageReadError, match="bomb.png.*too large"):
-        read_images(tmp_path / "bomb.png", 1)
+def constant_png(path, width, height):
+    """A valid all-black 1-bit PNG of any size, written row by row: a 10,000 px square is ~12 kB and
+    never needs its 100 Mpx in memory."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), bytes(1 + (width + 7) // 8)  # filter byte 0, then the bits
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_medad_s_size_limit_applies_not_pillow_s(tmp_path):
+    """Issue 27: Pillow's 89 Mpx guard refused a 10,000 px square, within medad's documented 16,384
+    a side; from its header (nothing decoded), medad's limit decides, and Pillow's own setting is
+    left as it was for other code."""
+    before = Image.MAX_IMAGE_PIXELS
+    square = constant_png(tmp_path / "square.png", 10_000, 10_000)
+    with open_pillow(square) as image:
+        assert image.size == (10_000, 10_000)
+    assert Image.MAX_IMAGE_PIXELS == before
+    huge = constant_png(tmp_path / "huge.png", 20_000, 20_000)  # 400 Mpx: Pillow's own guard at medad's limit
+    with pytest.raises(ImageReadError, match=r"huge.png.*larger than the limit \(16384 a side, 268435456 pixels\)"):
+        open_pillow(huge)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_a_stricter_pillow_guard_does_not_refuse_what_medad_accepts(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # another library's setting
+    assert read_one(tmp_path / "small.png").shape == (1, 64, 64)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # put back
+    monkeypatch.setattr(readers, "MAX_PIXELS", 2000)  # medad's limit below the image: refused by name
+    with pytest.raises(ImageReadError, match="small.png.*larger than the limit"):
+        read_images(tmp_path / "small.png", 1)
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_nan_in_float_tiff(tmp_path):
@@ -293,15 +332,116 @@ def test_read_mask_binarises_grey_and_colour(tmp_path):
     assert read_mask(tmp_path / "c.png").sum() == 1 and read_mask(tmp_path / "c.png").dtype == np.uint8
 
 
+@pytest.mark.parametrize("lesion, dtype", [(1, np.uint8), (255, np.uint8), (1, np.uint16), (65535, np.uint16)])
+def test_a_zero_and_one_value_mask_is_lesion_wherever_it_is_not_zero(tmp_path, caplog, lesion, dtype):
+    mask = np.zeros((8, 8), dtype)
+    mask[2:4, 3:6] = lesion
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask > 0)
+    assert not caplog.records
+
+
+def test_a_colour_mask_counts_its_brightest_channel(tmp_path):
+    """A red lesion on black (luminance 0.3) and a palette mask are lesions where coloured."""
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[2:4, 2:4, 0] = 255
+    Image.fromarray(colour).save(tmp_path / "red.png")
+    palette = Image.fromarray((colour[..., 0] > 0).astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0])
+    palette.save(tmp_path / "palette.png")
+    for name in ("red.png", "palette.png"):
+        np.testing.assert_array_equal(read_mask(tmp_path / name), colour[..., 0] > 0)
+
+
+def test_a_mask_that_is_not_binary_is_lesion_above_half_its_range_with_a_warning(tmp_path, caplog):
+    """Issue 27: lesion 255 over a background of 1-3 was lesion on every pixel."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((16, 16), bool)
+    truth[4:9, 5:12] = True
+    noisy = np.where(truth, rng.integers(200, 256, truth.shape), rng.integers(1, 4, truth.shape)).astype(np.uint8)
+    noisy[3, 5:12] = 127  # a resampled edge: half-way values count as background below 128 ...
+    noisy[9, 5:12] = 128  # ... and as lesion from 128
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    expected = truth.copy()
+    expected[9, 5:12] = True
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "noisy.png"), expected)
+    assert len(caplog.records) == 1 and "noisy.png" in caplog.text and "not a 0 / non-zero mask" in caplog.text
+    two_levels = np.where(truth, 255, 1).astype(np.uint8)  # two values, but no 0: background 1 is not lesion
+    Image.fromarray(two_levels).save(tmp_path / "two.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "two.png"), truth)
+    sixteen = np.where(truth, 40000, 300).astype(np.uint16)
+    sixteen[0, 0] = 32767
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "sixteen.png"), truth)
+
+
+def test_a_jpeg_saved_mask_reads_as_its_lesion(tmp_path):
+    truth = np.zeros((64, 64), np.uint8)
+    truth[20:40, 16:48] = 255
+    Image.fromarray(truth).save(tmp_path / "m.jpg", quality=75)
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "m.jpg")))) > 2  # JPEG did blur the edges
+    mask = read_mask(tmp_path / "m.jpg")
+    inner, outer = np.zeros_like(mask, bool), np.ones_like(mask, bool)
+    inner[22:38, 18:46], outer[17:43, 13:51] = True, False
+    assert mask[inner].all() and not mask[outer].any()  # at most the blurred 2-px edge may differ
+
+
 def test_list_image_files_skips_and_logs(tmp_path, caplog):
     for name in ("b.png", "a.JPG", "scan.nii.gz", ".hidden.png", "notes.txt", "Thumbs.db", "labels.csv"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image is a folder
     with caplog.at_level(logging.INFO, logger="medad.data"):
         files = list_image_files(tmp_path)
     assert [f.name for f in files] == ["a.JPG", "b.png", "scan.nii.gz"]
     skipped = [r.getMessage() for r in caplog.records]
-    assert len(skipped) == 4 and any("notes.txt" in m for m in skipped)
+    assert len(skipped) == 6 and any("notes.txt" in m for m in skipped)
+    assert any("folder.png (sub-folders are not searched" in m for m in skipped)
+
+
+def test_recursive_listing_searches_no_folder_twice(tmp_path, caplog):
+    """Issue 27: a folder holding a link to itself was searched ~40 times over (until ELOOP)."""
+    for sub in ("a", "b/c"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "x.png").write_bytes(b"")
+    (tmp_path / "a" / "self").symlink_to(tmp_path / "a")
+    (tmp_path / "b" / "c" / "up").symlink_to(tmp_path)  # a loop through the top folder
+    (tmp_path / "b" / "twin").symlink_to(tmp_path / "b" / "c")  # a second name for one folder
+    with caplog.at_level(logging.WARNING, logger="medad.data"):
+        files = list_image_files(tmp_path, recursive=True)
+    assert [str(f.relative_to(tmp_path)) for f in files] == ["a/x.png", "b/c/x.png"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) == 3 and all(f"{name}: it is the folder" in warned for name in ("self", "up", "twin"))
+
+
+def test_a_named_pipe_is_never_opened(tmp_path):
+    """An extension-less entry is opened to look for a DICOM preamble: a named pipe would block."""
+    (tmp_path / "a.png").write_bytes(b"")
+    os.mkfifo(tmp_path / "pipe")
+    found = []
+    lister = threading.Thread(target=lambda: found.extend(list_image_files(tmp_path)), daemon=True)
+    lister.start()
+    lister.join(timeout=20)
+    if lister.is_alive():  # unblock it (a writer opening the pipe) before failing
+        os.close(os.open(tmp_path / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+    assert not lister.is_alive() and [f.name for f in found] == ["a.png"]
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(b"")
+    listing = Path.iterdir
+
+    def refuse(self):
+        if self.name == "sub":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)  # the tests run as root, whom chmod does not stop
+    with pytest.raises(ValueError, match=r"cannot list the folder .*sub: Permission denied"):
+        list_image_files(tmp_path, recursive=True)
 
 
 def test_list_image_files_errors(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -44,8 +46,25 @@ def _fail(exc: BaseException) -> None:
 _USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the command is, so that it stops as on Ctrl-C: files being written
+    atomically are removed, and the command says what it left behind."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt, left: str) -> NoReturn:
+    """Say that the command was interrupted and what it ``left``; exit 143 on SIGTERM, 130 on Ctrl-C."""
+    term = isinstance(exc, Terminated)
+    console.print(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): {left}")
+    raise typer.Exit(code=143 if term else 130)
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -54,6 +73,11 @@ def main(
         typer.echo(f"medad {__version__}")
         raise typer.Exit()
     _setup_logging(quiet)
+    # signal handlers live in the main thread; a SIGTERM the caller ignores stays ignored
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        before = signal.signal(signal.SIGTERM, _terminate)
+        if before is not None:  # None: a handler not set from Python, which cannot be put back
+            ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, before))
 
 
 @app.command()
@@ -145,10 +169,8 @@ def train(
         metrics = train_run(cfg, out, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        checkpoints = out / "checkpoints"
-        console.print(f"interrupted: continue with the same command plus --resume (checkpoint in {checkpoints})")
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, f"continue with the same command plus --resume (checkpoint in {out / 'checkpoints'})")
     if metrics:  # {} on the ranks > 0 of a multi-process run: rank 0 reports
         _print_summary(metrics, out)
 
@@ -177,7 +199,9 @@ def _torchrun(nproc: int) -> int:
 def evaluate(
     model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`."),
     data: Path = typer.Option(..., help="Dataset whose test split is scored (MVTec folder or .npz)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/eval/<data name>)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: MODEL/eval/<data name>); never a "
+                                       "training run's own folder."),
+    overwrite: bool = typer.Option(False, help="Replace an evaluation already in OUT."),
 ) -> None:
     """Score a dataset's test split with a trained model; write metrics.json and a report.
 
@@ -188,9 +212,11 @@ def evaluate(
     from medad.pipeline import evaluate_run
 
     try:
-        metrics, out_dir = evaluate_run(model, data, out)
+        metrics, out_dir = evaluate_run(model, data, out, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "no metrics.json was written (it is written last); run again with --overwrite")
     _print_summary(metrics, out_dir)
 
 
@@ -199,7 +225,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`, or an .onnx "
                                          "file from `medad export`."),
-    out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores)."),
+    out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores); must be empty "
+                                       "unless --overwrite."),
     batch_size: int = typer.Option(64, help="Images read and scored at a time."),
     scores: str = typer.Option("primary", help="Scores to compute: primary (the model's own) or all."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
@@ -208,6 +235,8 @@ def predict(
                                    "pixel threshold (masks/*.png); for NIfTI inputs also one volume each "
                                    "(maps/*.nii.gz, masks/*.nii.gz) in the input's shape and affine."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    overwrite: bool = typer.Option(False, help="Write into a folder that is not empty: first delete the files an "
+                                   "earlier `medad predict` wrote there (other files are kept)."),
 ) -> None:
     """Score new images: scores.csv with path, score, label at the model's threshold and the
     calibrated normal_quantile; heatmaps/ for spatial scores. Folders are searched recursively.
@@ -223,9 +252,12 @@ def predict(
             raise ValueError(f"--scores must be primary or all, got {scores!r}")
         path = predict_run(model, inputs, out, batch_size=batch_size, scores=scores,  # type: ignore[arg-type]
                            device=device, heatmaps=heatmaps, save_maps=save_maps,
-                           progress=None if progress else False)
+                           progress=None if progress else False, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, f"{out} holds no scores.csv (it is written once every image is scored); run again with "
+                          "--overwrite to replace the heatmaps written so far")
     console.print(f"scores: {path}")
 
 

@@ -18,6 +18,7 @@ foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not supp
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from medad import __version__
+from medad.atomic import atomic_file
 from medad.config import RunConfig
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
@@ -126,27 +128,44 @@ def export_onnx(model_dir: str | Path, out: str | Path, check_images: Any = None
     with torch.no_grad():
         reference = graph(check)
     spatial = len(reference) == 2
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     names = ["score", "anomaly_map"] if spatial else ["score"]
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python values taken as constants
-        torch.onnx.export(graph, (example,), str(out), input_names=["image"], output_names=names,
+        torch.onnx.export(graph, (example,), buffer, input_names=["image"], output_names=names,
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
-    proto = onnx.load(str(out))
+    proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = "medad", json.dumps(metadata(model, spatial))
-    onnx.save(proto, str(out))
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    content = proto.SerializeToString()
+    session = ort.InferenceSession(content, providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": check.numpy().astype(np.float32)})
     diff = float(np.abs(got[0] - reference[0].numpy()).max())
     rel = diff / max(float(reference[0].abs().max()), 1e-12)
     if rel > RELATIVE_TOLERANCE:
-        out.unlink()
         raise ExportError(f"onnxruntime disagrees with PyTorch on the image scores (max abs diff {diff:.3g}, "
                           f"relative {rel:.3g} > {RELATIVE_TOLERANCE}); nothing was written")
+    out = Path(out)
+    with atomic_file(out) as fh:  # written once checked, whole or not at all
+        fh.write(content)
     return ExportResult(out, diff, rel)
+
+
+def check_signature(path: Path, session: Any, preprocessor: Preprocessor) -> None:
+    """Raise ``ValueError`` unless ``session`` has the inputs and outputs :func:`export_onnx` writes:
+    one float input ``image`` ``[batch, C, S, S]`` at the preprocessor's channels and size, outputs
+    ``score`` (and ``anomaly_map``)."""
+    c, s = preprocessor.channels, preprocessor.image_size
+    inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    fits = len(inputs) == 1 and inputs[0][:2] == ("image", "tensor(float)") and len(inputs[0][2]) == 4 \
+        and all(isinstance(d, str) or d == want for d, want in zip(inputs[0][2][1:], (c, s, s)))
+    if not fits or outputs not in (["score"], ["score", "anomaly_map"]):
+        raise ValueError(f"{path} does not look like a medad export: its inputs are "
+                         f"{', '.join(f'{n} {t} {d}' for n, t, d in inputs) or 'none'} and its outputs "
+                         f"{', '.join(outputs) or 'none'}, expected the input image tensor(float) "
+                         f"['batch', {c}, {s}, {s}] and the outputs score (and anomaly_map)")
 
 
 class OnnxModel:
@@ -159,19 +178,32 @@ class OnnxModel:
         import onnxruntime as ort
 
         path = Path(path)
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}" if not path.exists() else f"not a file: {path}")
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as exc:  # protobuf's DecodeError, ...: not an ONNX file, or a truncated one
+            raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); "
+                             "write it again with `medad export`") from None
         if "medad" not in props:
             raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")
-        meta = json.loads(props["medad"])
-        self.config = RunConfig.model_validate(meta["config"])
-        self.preprocessor = Preprocessor.from_metadata(meta["input"])
-        self.primary: str = meta["primary"]
-        self.threshold_: float | None = meta["threshold"]
-        self.pixel_threshold_: float | None = meta["pixel_threshold"]
-        self.val_scores_: list[float] = meta["val_scores"]
+        try:
+            meta = json.loads(props["medad"])
+            self.config = RunConfig.model_validate(meta["config"])
+            self.preprocessor = Preprocessor.from_metadata(meta["input"])
+            self.primary: str = meta["primary"]
+            self.threshold_: float | None = meta["threshold"]
+            self.pixel_threshold_: float | None = meta["pixel_threshold"]
+            self.val_scores_: list[float] = meta["val_scores"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} holds unreadable medad metadata ({type(exc).__name__}: {exc})") from None
         self.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
         self.fitted_scores: list[str] = [self.primary]
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own errors: an invalid or unsupported graph
+            raise ValueError(f"onnxruntime cannot load {path}: {exc}") from None
+        check_signature(path, self.session, self.preprocessor)
 
     def prepare(self, images: Any) -> Tensor:
         return self.preprocessor(images)

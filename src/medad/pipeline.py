@@ -15,6 +15,7 @@ import numpy as np
 from torch import Tensor
 
 from medad import distributed
+from medad.atomic import atomic_write_text
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
 from medad.data.loading import load_splits, load_test_split
@@ -29,7 +30,6 @@ from medad.report.html import render_report
 from medad.runfolder import RunFolder
 from medad.runlock import RunLock
 from medad.runtime import resolve_device
-from medad.train.checkpoint import atomic_write_text
 
 log = logging.getLogger("medad")
 
@@ -132,7 +132,8 @@ def write_evaluation(
     dataset: str = "",
     diagnostics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Score ``test`` (and ``val`` for the report), write metrics.json, predictions.npz, report.html.
+    """Score ``test`` (and ``val`` for the report), write predictions.npz, report.html and, last,
+    metrics.json, each atomically: a folder with metrics.json holds a complete evaluation.
 
     ``model_dir`` (where ``model`` is saved) is recorded in metrics.json; ``val_scored`` is what
     :func:`score_images` may reuse for ``val``; ``diagnostics`` (label-free training diagnostics of
@@ -158,13 +159,13 @@ def write_evaluation(
                                                        labelled_val.labels.numpy(), results.with_role("test"))
     for warning in evaluation_warnings(metrics):
         log.warning(warning)
-    atomic_write_text(folder.metrics, json.dumps(_jsonable(metrics), indent=2))
     # Keep maps and masks only where the report shows them; metrics above used them all.
     for r in results:
         if r.image is None:
             r.anomaly_map = r.mask = None
     results.save(folder.predictions)
     _render(folder, results, metrics, model.history_, top_k)
+    atomic_write_text(folder.metrics, json.dumps(_jsonable(metrics), indent=2))  # last: the evaluation is complete
     return metrics
 
 
@@ -284,16 +285,42 @@ def _train_locked(config: RunConfig, folder: RunFolder, resume: bool) -> dict[st
     )
 
 
-def evaluate_run(model_dir: str | Path, data: str | Path, out_dir: str | Path | None = None) -> tuple[dict, Path]:
+def evaluate_run(
+    model_dir: str | Path, data: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False
+) -> tuple[dict, Path]:
     """Score the test split of ``data`` with a saved model: the job behind ``medad evaluate``.
-    The results go to ``out_dir``, by default the run's ``eval/<data name>/``."""
+
+    The results go to ``out_dir``, by default the run's ``eval/<data name>/``; never into a
+    training run's own folder or a model folder (the evaluation would replace the run's own
+    metrics.json and report), and into a folder already holding an evaluation only with
+    ``overwrite``, which deletes that evaluation's files first so that two never mix. The folder
+    is locked while it is written (:class:`~medad.runlock.RunLock`)."""
     model = AnomalyDetector.load(model_dir)
     data_cfg = model.config.data.model_copy(update={"path": str(data), "unlabeled": None, "labelled_val": None})
-    test = load_test_split(data_cfg)
     run = RunFolder.of_model(model_dir)
     out = RunFolder(out_dir) if out_dir else run.evaluation(data)
-    metrics = write_evaluation(model, test, out, model_dir=run.model, dataset=Path(data).name)
+    with RunLock(out.root):
+        _claim_evaluation_folder(out, overwrite)
+        test = load_test_split(data_cfg)
+        metrics = write_evaluation(model, test, out, model_dir=run.model, dataset=Path(data).name)
     return metrics, out.root
+
+
+def _claim_evaluation_folder(folder: RunFolder, overwrite: bool) -> None:
+    """Refuse a training run or model folder; refuse one holding an evaluation unless
+    ``overwrite``, then delete the evaluation's files."""
+    if folder.holds_run() or (folder.root / "model.pt").is_file():
+        raise FileExistsError(
+            f"{folder.root} holds a training run or a model: an evaluation there would replace the run's own "
+            "metrics.json and report.html; leave out --out (the default is RUN/eval/<data name>) or choose another "
+            "folder"
+        )
+    held = [path for path in folder.evaluation_files() if path.is_file()]
+    if held and not overwrite:
+        raise FileExistsError(f"{folder.root} already holds an evaluation ({', '.join(p.name for p in held)}): pass "
+                              "--overwrite to replace it, or choose another --out")
+    for path in held:
+        path.unlink()
 
 
 def report_run(run_dir: str | Path) -> Path:

@@ -14,6 +14,15 @@ colour bar. With ``save_maps`` the raw maps go to ``maps/`` (``.npy``) and the b
 masks at the model's pixel threshold to ``masks/`` (PNG), under the same names; the slices of a
 NIfTI input are also written back as one volume per input file (``maps/<name>.nii.gz`` and
 ``masks/<name>.nii.gz``, in the input's shape and affine: :mod:`medad.data.writers`).
+
+No file is scored twice: a file found again (an input given twice or inside another, a link to a
+file or folder already found, a folder linking to itself) is skipped with a warning. The output
+folder must be empty unless ``overwrite``; then the files an earlier ``medad predict`` wrote there
+are deleted first (:mod:`medad.outputs`), so two runs never mix, and other files are kept.
+``scores.csv`` is written under a temporary name and renamed once every image is scored: it
+exists only complete. An interruption (Ctrl-C, SIGTERM) or a write error (a full disk: one line
+naming the folder) leaves no ``scores.csv``, only the heatmaps written so far, which
+``--overwrite`` deletes.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
+from medad.atomic import atomic_file
 from medad.data.folder import FileItem
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
@@ -38,8 +49,13 @@ from medad.data.readers import (
 from medad.data.writers import slice_index, write_nifti_maps
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
+from medad.outputs import OutputFolder
 from medad.progress import progress_bar
 from medad.report.figures import HeatmapWriter, to_uint8
+from medad.runlock import RunLock
+
+if TYPE_CHECKING:
+    from medad.export import OnnxModel
 
 log = logging.getLogger("medad")
 
@@ -47,16 +63,19 @@ log = logging.getLogger("medad")
 def output_names(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """Every image file under ``inputs`` with its output name: the path relative to its input
     folder, under that folder's name (``name_2``, ... when two input folders share a name), or
-    the file name for a file given directly (``stem_2`` ... on a clash).
+    the file name for a file given directly (``stem_2`` ... on a clash). A file found again (the
+    same resolved path) is left out, with a warning.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
     >>> for sub in ("a/good", "b/good"):
     ...     (root / sub).mkdir(parents=True); _ = (root / sub / "x.png").write_bytes(b"")
-    >>> [str(name) for _, name in output_names([root / "a" / "good", root / "b" / "good"])]
+    >>> [str(name) for _, name in output_names([root / "a" / "good", root / "b" / "good", root / "a"])]
     ['good/x.png', 'good_2/x.png']
     """
     used: set[Path] = set()
+    found: dict[Path, Path] = {}  # resolved file -> the path it was first found by
+    again: list[str] = []
     out: list[tuple[Path, Path]] = []
 
     def unique(name: Path) -> Path:
@@ -67,12 +86,25 @@ def output_names(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
         used.add(candidate)
         return candidate
 
+    def add(file: Path, name: Path) -> None:
+        first = found.get(file.resolve())
+        if first is None:
+            found[file.resolve()] = file
+            out.append((file, unique(name)))
+        else:
+            again.append(str(file) if file == first else f"{file} (= {first})")
+
     for given in map(Path, inputs):
         if given.is_dir():
+            files = list_image_files(given, recursive=True)
             top = unique(Path(given.resolve().name or "input"))
-            out.extend((f, top / f.relative_to(given)) for f in list_image_files(given, recursive=True))
+            for f in files:
+                add(f, top / f.relative_to(given))
         else:
-            out.append((given, unique(Path(given.name))))
+            add(given, Path(given.name))
+    if again:
+        log.warning("skipping %d files found before (an input given twice or inside another, or a link): %s%s",
+                    len(again), ", ".join(again[:5]), f" and {len(again) - 5} more" if len(again) > 5 else "")
     return out
 
 
@@ -92,13 +124,15 @@ def predict_run(
     heatmaps: bool = True,
     save_maps: bool = False,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Score the images under ``inputs`` with the model in ``model_dir`` (a run or model folder, on
     ``device``, default the model's own; or an ``.onnx`` file from ``medad export``, run by
-    onnxruntime on the CPU); returns the path of ``scores.csv``."""
+    onnxruntime on the CPU) into ``out_dir`` (empty, or ``overwrite``: see the module docstring);
+    returns the path of ``scores.csv``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if Path(model_dir).suffix == ".onnx":  # an exported graph (`medad export`): its primary score only
+    if Path(model_dir).suffix.lower() == ".onnx":  # an exported graph (`medad export`): its primary score only
         from medad.export import OnnxModel
 
         model: AnomalyDetector | OnnxModel = OnnxModel(model_dir)
@@ -106,15 +140,38 @@ def predict_run(
             log.warning("an exported model holds its primary score only: --scores all gives %r", model.primary)
     else:
         model = AnomalyDetector.load(model_dir, device)
-    preprocessor = model.preprocessor
-    files = output_names(inputs)
     names = model.fitted_scores if scores == "all" else [model.primary]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out), OutputFolder(out, "predict") as folder:
+        folder.claim(overwrite)
+        files = output_names(inputs)
+        with _writing_to(out):
+            return _write_predictions(model, files, folder, names, batch_size=batch_size, heatmaps=heatmaps,
+                                      save_maps=save_maps, progress=progress)
+
+
+@contextmanager
+def _writing_to(out: Path) -> Iterator[None]:
+    """An ``OSError`` of the block (a full disk, a read-only or vanished folder; reading errors are
+    :class:`~medad.data.readers.ImageReadError`) as one line naming ``out``."""
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the predictions to {out}: {exc.strerror or exc}; no scores.csv "
+                                 "was written") from exc
+
+
+def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Path, Path]], folder: OutputFolder,
+                       names: list[str], *, batch_size: int, heatmaps: bool, save_maps: bool,
+                       progress: bool | None) -> Path:
+    """The body of :func:`predict_run`: score ``files`` in batches, write ``scores.csv`` (complete
+    or not at all), the heatmaps and maps into ``folder``."""
+    preprocessor = model.preprocessor
     painter: HeatmapWriter | None = None
     scored = skipped = 0
     dicom = any(is_dicom(f) for f, _ in files)  # DICOM identifiers as columns when there are DICOM files
-    with open(out / "scores.csv", "w", newline="") as fh, progress_bar(progress) as bar:
+    target = folder.path("scores.csv")
+    with atomic_file(target, "w", newline="") as fh, progress_bar(progress) as bar:
         writer = csv.writer(fh)
         writer.writerow(["path", "score", "label", "normal_quantile", *names, *(DICOM_IDENTIFIERS if dicom else ())])
         task = bar.add_task("predict", total=len(files), info="")
@@ -137,10 +194,9 @@ def predict_run(
                     [""] * (len(DICOM_IDENTIFIERS) if dicom else 0)
                 writer.writerow([image_id, f"{values[i]:.6g}", label, quantile,
                                  *(f"{o.scores[i]:.6g}" for o in outputs.values()), *ids])
-            fh.flush()
             where = {str(f): name for f, name in chunk}
             if save_maps and primary.maps is not None:
-                _save_maps(out, images.ids, primary.maps.cpu().numpy(), where, model.pixel_threshold_)
+                _save_maps(folder, images.ids, primary.maps.cpu().numpy(), where, model.pixel_threshold_)
             if heatmaps and primary.maps is not None:
                 maps = primary.maps.cpu().numpy()
                 if painter is None:
@@ -149,42 +205,40 @@ def predict_run(
                                     "scale of every heatmap is taken from the first batch; train again to fix it")
                     painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
                 for i, image_id in enumerate(images.ids):
-                    path = _output_path(out / "heatmaps", where, image_id, ".png")
-                    painter.save(to_uint8(images.images[i]), maps[i], path)
+                    painter.save(to_uint8(images.images[i]), maps[i], _output_path(folder, "heatmaps", where,
+                                                                                     image_id, ".png"))
             scored += len(images)
-    if scored == 0:
-        raise ValueError(f"none of the {len(files)} given images could be read")
+        if scored == 0:
+            raise ValueError(f"none of the {len(files)} given images could be read")
     if skipped:
         log.warning("%d of %d files could not be read and were skipped (see the warnings above)", skipped, len(files))
-    return out / "scores.csv"
+    return target
 
 
-def _output_path(folder: Path, names: dict[str, Path], image_id: str, suffix: str) -> Path:
-    """``folder / name`` of an image with ``suffix`` (``name_<slice>`` for the slices of a volume);
-    its parent folders are created."""
+def _output_path(folder: OutputFolder, kind: str, names: dict[str, Path], image_id: str, suffix: str) -> Path:
+    """``kind / name`` of an image in ``folder``, with ``suffix`` (``name_<slice>`` for the slices
+    of a volume), recorded and its parent folders created."""
     source, _, slice_no = image_id.partition("#")
     name = names[source]
-    path = folder / name.with_name(stem_of(name) + (f"_{slice_no}" if slice_no else "") + suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return folder.path(Path(kind) / name.with_name(stem_of(name) + (f"_{slice_no}" if slice_no else "") + suffix))
 
 
-def _save_maps(out: Path, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
+def _save_maps(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
                pixel_threshold: float | None) -> None:
     """The raw maps as ``maps/<name>.npy`` (float32) and, with a pixel threshold, the binary
     lesion masks at it as ``masks/<name>.png`` (0 / 255)."""
     volumes: dict[str, dict[int, np.ndarray]] = {}
     for i, image_id in enumerate(ids):
-        np.save(_output_path(out / "maps", names, image_id, ".npy"), maps[i].astype(np.float32))
+        np.save(_output_path(folder, "maps", names, image_id, ".npy"), maps[i].astype(np.float32))
         if pixel_threshold is not None:
             mask = ((maps[i] > pixel_threshold) * 255).astype(np.uint8)
-            Image.fromarray(mask).save(_output_path(out / "masks", names, image_id, ".png"))
+            Image.fromarray(mask).save(_output_path(folder, "masks", names, image_id, ".png"))
         z = slice_index(image_id)  # only the NIfTI reader gives slice ids
         if z is not None:
             volumes.setdefault(image_id.partition("#")[0], {})[z] = maps[i]
     for source, slices in volumes.items():  # every slice of a file is in the same batch of files
         name = names[source]
         name = name.with_name(stem_of(name) + ".nii.gz")
-        write_nifti_maps(source, slices, out / "maps" / name)
+        write_nifti_maps(source, slices, folder.path("maps" / name))
         if pixel_threshold is not None:
-            write_nifti_maps(source, slices, out / "masks" / name, threshold=pixel_threshold)
+            write_nifti_maps(source, slices, folder.path("masks" / name), threshold=pixel_threshold)

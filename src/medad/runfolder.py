@@ -56,6 +56,10 @@ class RunFolder:
         """True once a training has written its model or a checkpoint here."""
         return self.model.exists() or self.checkpoint.parent.exists()
 
+    def evaluation_files(self) -> tuple[Path, Path, Path]:
+        """What an evaluation writes here, in the order it writes them (metrics.json last)."""
+        return self.predictions, self.report, self.metrics
+
     def evaluation(self, data: str | Path) -> RunFolder:
         """Where ``medad evaluate`` of this run's model on ``data`` goes by default."""
         return RunFolder(self.root / "eval" / Path(data).name)

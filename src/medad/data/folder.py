@@ -7,8 +7,15 @@ MVTec layout (what anomalib and MedIAnomaly use)::
     root/test/<defect>/*          abnormal test images     } without it, train/predict only
     root/ground_truth/<defect>/<stem>_mask.png  (or <stem>.png)  optional pixel masks
 
-Abnormal images without a mask are allowed. A plain folder (no layout) is read as unlabeled
-images (label -1), e.g. for ``predict`` or an unlabeled pool.
+A mask may have any image ending medad reads (``.png`` is looked for first, ``<stem>_mask``
+before ``<stem>``); :func:`medad.data.readers.read_mask` says how its values become lesion pixels.
+Abnormal images without a mask are allowed: they are scored and left out of the pixel metrics.
+When ``ground_truth/`` exists, warnings name the mask files that match no abnormal test image
+(``0000-mask.png`` beside ``0000.png``, a ``Tumor/`` folder for ``test/tumor/``) and the abnormal
+images left without a mask (the first :data:`NAMED` of each, and how many more). Masks of
+normal images (``ground_truth/good/``) are not read: a normal image's mask is empty. A plain
+folder (no layout) is read as unlabeled images (label -1), e.g. for ``predict`` or an unlabeled
+pool.
 
 >>> import tempfile, pathlib, numpy as np
 >>> from PIL import Image
@@ -35,6 +42,7 @@ from medad.data.imageset import ABNORMAL, NORMAL, UNKNOWN, ImageSet
 from medad.data.manifest import sha256_file
 from medad.data.preprocess import check_mask_shape, resize_masks, to_tensor_batch
 from medad.data.readers import (
+    IMAGE_EXTENSIONS,
     ImageReadError,
     NiftiSlices,
     is_image_file,
@@ -47,6 +55,10 @@ from medad.data.readers import (
 log = logging.getLogger("medad.data")
 
 GROUND_TRUTH = "ground_truth"
+MASK_ENDINGS = (".png", *sorted(IMAGE_EXTENSIONS - {".png"}))
+"""The endings a mask file is looked up with, in order."""
+NAMED = 5
+"""Files named in a warning about many; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,8 @@ def scan_folder(root: str | Path) -> FolderLayout:
 def scan_labelled(folder: str | Path, ground_truth: str | Path) -> list[FileItem]:
     """Files of a folder laid out like ``test/``: ``good/`` (label 0) and ``<defect>/`` (label 1).
 
-    Masks are looked up as ``ground_truth/<defect>/<stem>_mask.png`` or ``<stem>.png``; a sub-folder
+    Masks are looked up as ``ground_truth/<defect>/<stem>_mask.png`` or ``<stem>.png`` (other image
+    endings too, see the module docstring, which also says what is warned about); a sub-folder
     named ``ground_truth`` inside ``folder`` is not a defect.
     """
     folder, ground_truth = Path(folder), Path(ground_truth)
@@ -107,17 +120,53 @@ def scan_labelled(folder: str | Path, ground_truth: str | Path) -> list[FileItem
     subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != GROUND_TRUTH]
     for sub in sorted(subfolders, key=lambda p: (p.name != "good", p.name)):  # good first
         normal = sub.name == "good"
+        masks = {} if normal else _files_in(ground_truth / sub.name)
         for path in list_image_files(sub):
-            mask = None if normal else _find_mask(ground_truth / sub.name, path)
+            mask = None if normal else _find_mask(masks, path)
             items.append(FileItem(path, NORMAL if normal else ABNORMAL, sub.name, mask))
+    if ground_truth.is_dir():
+        _warn_about_unmatched_masks(items, ground_truth)
     return items
 
 
-def _find_mask(folder: Path, image: Path) -> Path | None:
-    for name in (f"{stem_of(image)}_mask.png", f"{stem_of(image)}.png"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+def _files_in(folder: Path) -> dict[str, Path]:
+    """The files directly inside ``folder`` by name (none when it does not exist)."""
+    return {p.name: p for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+
+
+def _find_mask(masks: dict[str, Path], image: Path) -> Path | None:
+    stem = stem_of(image)
+    names = (f"{stem}{tail}{ending}" for ending in MASK_ENDINGS for tail in ("_mask", ""))
+    return next((masks[name] for name in names if name in masks), None)
+
+
+def _warn_about_unmatched_masks(items: Sequence[FileItem], ground_truth: Path) -> None:
+    """Warn about the mask files under ``ground_truth`` that no abnormal image uses, and about the
+    abnormal images that have no mask."""
+    try:
+        files = list_image_files(ground_truth, recursive=True)
+    except ValueError:  # no image file in it
+        files = []
+    used = {item.mask for item in items}
+    normal = ground_truth / "good"
+    unused = [f for f in files if f not in used and not f.is_relative_to(normal)]
+    if any(f.is_relative_to(normal) for f in files):
+        log.info("not reading the masks in %s: a normal image's mask is empty", normal)
+    if unused:
+        log.warning("%d mask files under %s match no abnormal test image and are not used (the mask of "
+                    "<defect>/<stem>.png is %s/<defect>/<stem>_mask.png or <stem>.png): %s", len(unused),
+                    ground_truth, GROUND_TRUTH, _some(unused, ground_truth))
+    missing = [item.path for item in items if item.label == ABNORMAL and item.mask is None]
+    if missing:
+        log.warning("%d abnormal images have no mask in %s; they are scored but left out of the pixel metrics: %s",
+                    len(missing), ground_truth, _some(missing, ground_truth.parent))
+
+
+def _some(paths: Sequence[Path], root: Path) -> str:
+    """The first :data:`NAMED` of ``paths`` (relative to ``root``), and how many more."""
+    names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths[:NAMED]]
+    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+    return ", ".join(names) + more
 
 
 def load_files(
@@ -141,7 +190,7 @@ def load_files(
         try:
             decoded = read_images(item.path, channels, nifti_slices)
             mask = _read_item_mask(item, decoded)
-            digest = sha256_file(item.path)
+            digest = _sha256(item.path)
         except ImageReadError as exc:
             if on_error == "raise":
                 raise
@@ -171,6 +220,14 @@ def load_files(
         sha256=hashes,
         skipped=skipped,
     )
+
+
+def _sha256(path: Path) -> str:
+    """:func:`sha256_file`; a file gone or unreadable since it was decoded is an :class:`ImageReadError`."""
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot be read again to hash it ({exc.strerror or exc})") from None
 
 
 def _read_item_mask(item: FileItem, decoded: list[tuple[str, np.ndarray]]) -> np.ndarray | None:

@@ -181,7 +181,8 @@ def _labelled_val(cfg: DataConfig) -> tuple[Loaded, str, Path]:
 
 
 def _warn_on_shared_images(manifest: Manifest) -> None:
-    """Warn when a test image is byte-identical to an image used for training or validation."""
+    """Warn when a test image is byte-identical to an image used for training or validation, and
+    when a validation normal is byte-identical to a training normal (one image under two names)."""
     seen = {r.sha256 for r in manifest.rows if r.role in ("train", "val", "unlabeled")}
     shared = [r.id for r in manifest.rows if r.role.startswith("test") and r.sha256 in seen]
     if shared:
@@ -189,6 +190,15 @@ def _warn_on_shared_images(manifest: Manifest) -> None:
             "%d test images are byte-identical to training/validation/unlabeled images (e.g. %s)",
             len(shared),
             shared[0],
+        )
+    train = {r.sha256 for r in manifest.rows if r.role == "train"}
+    twins = [r.id for r in manifest.rows if r.role == "val" and r.sha256 in train]
+    if twins:
+        log.warning(
+            "%d validation normals are byte-identical to training normals (e.g. %s): scores that remember the "
+            "training images (nnd, patchcore) rate them as perfectly normal, so the threshold set on them is too low",
+            len(twins),
+            twins[0],
         )
 
 

@@ -21,9 +21,12 @@ Intensity scaling (documented choices):
   (what ``imshow(slice.T, origin="lower")`` shows); ids are ``path#z=12``.
 
 Min-max of a constant image gives zeros. NaN/Inf values, images smaller than ``MIN_SIDE`` pixels
-on a side, images larger than ``MAX_SIDE`` / ``MAX_PIXELS`` and corrupt or truncated files raise
-:class:`ImageReadError` naming the file. Pillow's own decompression-bomb guard
-(``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx by default) is treated as an error too.
+on a side, images larger than ``MAX_SIDE`` a side or ``MAX_PIXELS`` in all (16,384 and 2**28,
+about 268 Mpx) and corrupt or truncated files raise :class:`ImageReadError` naming the file. The
+size is checked from the file's header, before the pixels are decoded. Pillow's own
+decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 Mpx by default) is set to
+``MAX_PIXELS`` while medad decodes a file and put back afterwards, so medad's limit is the one
+that applies, and other code using Pillow keeps its own.
 
 >>> import tempfile, numpy as np
 >>> from PIL import Image
@@ -93,7 +96,10 @@ def stem_of(path: str | Path) -> str:
 
 
 def has_dicom_preamble(path: Path) -> bool:
-    """True if the file carries the ``DICM`` marker after its 128-byte preamble."""
+    """True if ``path`` is a regular file carrying the ``DICM`` marker after its 128-byte preamble
+    (a named pipe or device is never opened: reading one could block)."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(132)[128:] == b"DICM"
@@ -133,30 +139,22 @@ def list_image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     """The image files inside ``folder``, sorted by path.
 
     Hidden files and folders and files with other endings (``.txt``, ``.csv``, ``Thumbs.db``...)
-    are skipped with one info log line each. Sub-folders are ignored unless ``recursive`` (then
-    every level is searched, e.g. a DICOM export ``study/series/*.dcm``). A missing folder or one
-    without images raises ``ValueError``.
+    are skipped with one info log line each. Sub-folders are skipped (logged) unless ``recursive``:
+    then every level is searched (e.g. a DICOM export ``study/series/*.dcm``), following links, but
+    no folder twice: a link to a folder already searched (a link to itself or a parent, a loop, a
+    second link to one folder) is skipped with a warning. A missing folder, one that cannot be
+    listed or one without images raises ``ValueError``.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "b.png").write_bytes(b""), (d / "notes.txt").write_text("")
-    >>> (d / "s").mkdir(); _ = (d / "s" / "c.png").write_bytes(b"")
+    >>> (d / "s").mkdir(); _ = (d / "s" / "c.png").write_bytes(b""); (d / "s" / "loop").symlink_to(d)
     >>> [p.name for p in list_image_files(d)], [str(p.relative_to(d)) for p in list_image_files(d, recursive=True)]
     (['b.png'], ['b.png', 's/c.png'])
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder not found: {folder}" if not folder.exists() else f"not a folder: {folder}")
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            log.info("skipping hidden %s %s", "folder" if path.is_dir() else "file", path)
-        elif path.is_dir():
-            if recursive:
-                files.extend(_images_below(path))
-        elif is_image_file(path):
-            files.append(path)
-        else:
-            log.info("skipping %s (not an image file ending)", path)
+    files = _list_folder(folder, recursive, {folder.resolve(): folder})
     if not files:
         raise ValueError(
             f"no images found in {folder}{' or its sub-folders' if recursive else ''} (looked for "
@@ -165,12 +163,31 @@ def list_image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     return files
 
 
-def _images_below(folder: Path) -> list[Path]:
-    """:func:`list_image_files` of a sub-folder, recursively; an empty sub-folder gives []."""
+def _list_folder(folder: Path, recursive: bool, searched: dict[Path, Path]) -> list[Path]:
+    """The image files of :func:`list_image_files` in ``folder`` (``searched``: the resolved
+    folders listed so far, each with the path it was first reached by); may be empty."""
     try:
-        return list_image_files(folder, recursive=True)
-    except ValueError:
-        return []
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise ValueError(f"cannot list the folder {folder}: {exc.strerror or exc}") from None
+    files = []
+    for path in entries:
+        if path.name.startswith("."):
+            log.info("skipping hidden %s %s", "folder" if path.is_dir() else "file", path)
+        elif path.is_dir():
+            target = path.resolve()
+            if not recursive:
+                log.info("skipping the folder %s (sub-folders are not searched here)", path)
+            elif target in searched:
+                log.warning("skipping %s: it is the folder %s, searched already (a link)", path, searched[target])
+            else:
+                searched[target] = path
+                files.extend(_list_folder(path, True, searched))
+        elif is_image_file(path):
+            files.append(path)
+        else:
+            log.info("skipping %s (not an image file ending)", path)
+    return files
 
 
 def read_images(
@@ -203,7 +220,13 @@ def read_images(
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A lesion mask as uint8 ``[H, W]``: 1 where the (grey-converted) pixel is > 0.
+    """A lesion mask as uint8 ``[H, W]``, 1 = lesion.
+
+    A colour mask counts each pixel by its brightest channel. A mask holding 0 and at most one
+    other value (0/1, 0/255, 0/65535, a palette with one colour) is lesion wherever it is not 0.
+    Any other mask, such as a JPEG-saved or resampled one (lesion 255 over a background of 1-3, or
+    grey edges), is lesion where it is above half its range: >= 128 in 8 bits, >= 32768 in 16
+    bits, > 0.5 for floats in [0, 1]; a warning names the file.
 
     >>> import tempfile, numpy as np
     >>> from PIL import Image
@@ -212,10 +235,16 @@ def read_mask(path: str | Path) -> np.ndarray:
     >>> int(read_mask(path).sum())
     8
     """
-    items = read_images(path, channels=1)
+    items = read_images(path, channels=3)
     if len(items) != 1:
         raise ImageReadError(path, f"a mask must hold one image, this file holds {len(items)}")
-    return (items[0][1][0] > 0).astype(np.uint8)
+    values = items[0][1].max(axis=0)
+    levels = np.unique(values)
+    if levels[0] == 0 and len(levels) <= 2:
+        return (values > 0).astype(np.uint8)
+    log.warning("mask %s is not a 0 / non-zero mask (%d distinct values, %.1f%% to %.1f%% of its range): lesion is "
+                "taken where it is above half its range", path, len(levels), 100 * levels[0], 100 * levels[-1])
+    return (values > 0.5).astype(np.uint8)
 
 
 def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
@@ -251,35 +280,49 @@ def _check_finite(path: Path, x: np.ndarray) -> None:
 
 # --- Pillow ------------------------------------------------------------------------------------
 
-_TRUNCATION_LOCK = threading.Lock()
+_PILLOW_LOCK = threading.Lock()
 
 
 @contextmanager
-def _truncation_is_an_error() -> Iterator[None]:
-    """Decode with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off, whatever another library set it to."""
-    with _TRUNCATION_LOCK:
-        before = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+def _pillow_rules() -> Iterator[None]:
+    """Decode with Pillow's global switches set to medad's rules, whatever another library set them
+    to, and put them back afterwards: truncated data is an error (``LOAD_TRUNCATED_IMAGES`` off) and
+    the decompression-bomb guard is ``MAX_PIXELS`` (its warning, which Pillow gives above the guard,
+    an error)."""
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        before = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, MAX_PIXELS
         try:
             yield
         finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = before
+            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = before
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+def open_pillow(path: Path) -> Image.Image:
+    """``Image.open`` under medad's rules (header only; no pixel is decoded yet): an
+    :class:`ImageReadError` for a file Pillow cannot identify or one larger than the limits."""
+    with _pillow_rules():
         try:
             image = Image.open(path)
         except UnidentifiedImageError:
             raise ImageReadError(path, "not an image file, or a format Pillow cannot read") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageReadError(path, f"image too large ({exc})") from None
-    with image:
+            raise ImageReadError(path, f"image is larger than the limit ({MAX_SIDE} a side, {MAX_PIXELS} pixels): "
+                                       f"{exc}") from None
+    try:
         _check_size(path, image.height, image.width)
+    except ImageReadError:
+        image.close()
+        raise
+    return image
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    with open_pillow(path) as image:
         bits = _declared_unsigned_bits(image)
         try:
-            with _truncation_is_an_error():
+            with _pillow_rules():
                 image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageReadError(path, f"corrupt or truncated image data ({exc})") from None

@@ -17,6 +17,7 @@ from html import escape
 from pathlib import Path
 
 from medad import __version__
+from medad.atomic import atomic_write_text
 from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.report import figures
@@ -372,5 +373,5 @@ def render_report(
         f"{body}\n</main>\n</body>\n</html>\n"
     )
     out_path = Path(out_path)
-    out_path.write_text(page, encoding="utf-8")
+    atomic_write_text(out_path, page)
     return out_path

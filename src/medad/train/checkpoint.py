@@ -11,35 +11,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
-
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through ``write`` to a temporary file beside ``path``, fsync, then rename over ``path``,
-    so that readers see either the old or the new file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (UTF-8)."""
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+from medad.atomic import atomic_file, atomic_write_text
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -49,7 +26,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
     JSON file always describes a complete tensor file.
     """
     path = Path(path)
-    _atomic_write(path, lambda fh: torch.save(state, fh))
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
 
 
