@@ -9,7 +9,8 @@ import medad
 
 # docs/architecture.md, "Floors": lowest first; a module may import its own floor and the ones below
 FLOORS = [
-    {"config", "runtime", "linalg", "ssim", "progress", "distributed", "presets", "runlock", "runfolder"},
+    {"config", "catalog", "files", "runtime", "linalg", "ssim", "progress", "distributed", "presets", "runlock",
+     "runfolder"},
     {"data", "augment", "evaluation", "report"},
     {"models"},
     {"methods"},

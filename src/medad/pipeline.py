@@ -23,13 +23,13 @@ from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.projection import fit_projection, project
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.evaluation.summary import labelled_val_metrics, localisation_metrics, detection_metrics
-from medad.model import AnomalyDetector
+from medad.files import atomic_write_text
+from medad.model import AnomalyDetector, check_params
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
 from medad.runfolder import RunFolder
 from medad.runlock import RunLock
 from medad.runtime import resolve_device
-from medad.train.checkpoint import atomic_write_text
 
 log = logging.getLogger("medad")
 
@@ -222,6 +222,7 @@ def train_run(
     """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
+    check_params(config)  # before the folder is created and any image read
     folder = RunFolder(run_dir)
     joined = distributed.init_from_env(resolve_device(config.train.device))
     try:

@@ -36,7 +36,7 @@ from medad.models.decoder import backbone_from_spec, backbone_spec, copy_weights
 from medad.models.gan import (
     ConvEncoder, Critic, Generator, LatentEncoder, gradient_penalty, wgan_critic_loss, wgan_generator_loss,
 )
-from medad.train.core import optimizer_step, run_epochs, shuffled_batches
+from medad.train.core import divergence_hint, optimizer_step, run_epochs, shuffled_batches
 from medad.train.networks import LoopCheckpoint, train_network
 
 log = logging.getLogger("medad")
@@ -143,6 +143,7 @@ class FAnoGANDetector(ReconstructionDetector):
                                     {"generator": gen, "critic": critic, "opt_g": opt_g, "opt_d": opt_d}, rng)
         resumed = checkpoint.restore()  # an interrupted fit continues after its last finished epoch
         steps = [resumed.get("step", 0)]  # critic steps so far: the generator steps on every critic_iters-th
+        hint = divergence_hint("the detector's params.lr", p.lr)
 
         def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
             x = images[idx].to(device)
@@ -152,13 +153,12 @@ class FAnoGANDetector(ReconstructionDetector):
                 fake = gen(z)
             penalty = gradient_penalty(critic, x, fake, eps)
             d_loss = wgan_critic_loss(critic(x), critic(fake)) + p.gp_weight * penalty
-            value = optimizer_step(d_loss, opt_d, f"fanogan critic: loss became {{loss}} at epoch {epoch}; "
-                                                  f"lower its lr ({p.lr})")
+            value = optimizer_step(d_loss, opt_d, f"fanogan critic: loss became {{loss}} at epoch {epoch}; {hint}")
             steps[0] += 1
             if steps[0] % p.critic_iters == 0:
                 z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
                 optimizer_step(wgan_generator_loss(critic(gen(z))), opt_g,
-                               f"fanogan generator: loss became {{loss}} at epoch {epoch}; lower its lr ({p.lr})")
+                               f"fanogan generator: loss became {{loss}} at epoch {epoch}; {hint}")
             return {"loss": value}
 
         def saved(record: dict) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams, NonFiniteFeatures
 from medad.detectors.maps import reduce_maps, smooth_maps
 from medad.linalg import spd_inverse
 from medad.runtime import batches, module_device
@@ -284,7 +284,7 @@ class PadimDetector(Detector):
             for batch in batches(images, self.params.batch_size):
                 features = patch_embeddings(batch.to(device), encoder, self.params.layers, self.index)
                 if not torch.isfinite(features).all():
-                    raise ValueError("the encoder produced NaN/Inf feature maps")
+                    raise NonFiniteFeatures("the encoder produced NaN/Inf feature maps")
                 out.append(fn(features))
             return out
         finally:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medad.files import atomic_files
+
 _ARRAY_FIELDS = ("anomaly_map", "mask", "image", "projection")
 
 
@@ -83,7 +85,7 @@ class ResultSet(Sequence[ImageResult]):
         return ResultSet([r for r in self._results if r.role == role])
 
     def save(self, path: str | Path) -> None:
-        """Write to a ``.npz`` (no pickled objects; optional arrays stored per image that has them)."""
+        """Write to a ``.npz`` (no pickled objects; optional arrays stored per image that has them), atomically."""
         names = self.score_names()
         out: dict[str, np.ndarray] = {
             "ids": np.array([r.id for r in self._results], dtype=str),
@@ -102,7 +104,8 @@ class ResultSet(Sequence[ImageResult]):
             if idx:
                 out[f"{name}_index"] = np.array(idx, dtype=np.int64)
                 out[name] = np.stack([getattr(self._results[i], name) for i in idx])
-        np.savez_compressed(path, **out)
+        with atomic_files() as files:
+            files.write(path, lambda fh: np.savez_compressed(fh, **out))
 
     @classmethod
     def load(cls, path: str | Path) -> ResultSet:

@@ -2,6 +2,7 @@
 
 >>> import tempfile, pathlib
 >>> from medad.evaluation.records import ImageResult, ResultSet
+from medad.files import atomic_write_text
 >>> rs = ResultSet([ImageResult(id=f"{i}.png", score=float(i), label=int(i > 2)) for i in range(6)])
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.html"
 >>> 'id="metrics"' in render_report(rs, {"detector": "demo", "image_auroc": 1.0}, out).read_text()
@@ -19,6 +20,7 @@ from pathlib import Path
 from medad import __version__
 from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.records import ImageResult, ResultSet
+from medad.files import atomic_write_text
 from medad.report import figures
 
 SECTIONS = {
@@ -348,6 +350,7 @@ def render_report(
 
     >>> import tempfile, pathlib
     >>> from medad.evaluation.records import ImageResult, ResultSet
+from medad.files import atomic_write_text
     >>> rs = ResultSet([ImageResult(id="a.png", score=0.3, role="predict")])
     >>> render_report(rs, {}, pathlib.Path(tempfile.mkdtemp()) / "r.html").suffix
     '.html'
@@ -372,5 +375,5 @@ def render_report(
         f"{body}\n</main>\n</body>\n</html>\n"
     )
     out_path = Path(out_path)
-    out_path.write_text(page, encoding="utf-8")
+    atomic_write_text(out_path, page)
     return out_path

@@ -6,7 +6,9 @@ differ in what one mini-batch step does and in what they keep between epochs, no
 :func:`run_epochs` draws each epoch's index batches, calls the caller's ``step`` on every batch,
 averages what it returns (weighted by batch size), draws the progress bar, and calls the
 caller's hooks before and after every epoch (checkpoints, validation, logging, schedules).
-:func:`optimizer_step` is the one place that checks a loss is finite before stepping on it.
+:func:`optimizer_step` is the one place that checks a loss is finite before stepping on it, and
+:func:`check_weights` catches weights that diverged while the loss stayed finite (e.g. BatchNorm
+statistics overflowing at a huge learning rate); both say what to do (:func:`divergence_hint`).
 
 >>> import torch
 >>> net = torch.nn.Linear(2, 1)
@@ -28,13 +30,31 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from medad.progress import progress_bar
 
 Step = Callable[[Tensor, int, float], dict[str, float]]
 """One mini-batch: ``step(indices, epoch, done)`` with ``done`` the share of the run finished
 before this batch; returns the values to log for it (e.g. ``{"loss": 0.31}``)."""
+
+
+def divergence_hint(setting: str, lr: float) -> str:
+    """What to do about a training that produced NaN/Inf: ``setting`` names the learning rate.
+
+    >>> divergence_hint("train.lr / --lr", 1e6)
+    'lower the learning rate (train.lr / --lr, now 1e+06) or check the input images'
+    """
+    return f"lower the learning rate ({setting}, now {lr:g}) or check the input images"
+
+
+def check_weights(module: nn.Module, error: str) -> None:
+    """Raise ``FloatingPointError(error.format(name=...))`` naming the first parameter or buffer of
+    ``module`` that holds NaN/Inf: a loss can stay finite while weights diverge (normalised
+    embeddings, BatchNorm), and a checkpoint must not be written from them."""
+    for name, value in module.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise FloatingPointError(error.format(name=name))
 
 
 def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, error: str) -> float:

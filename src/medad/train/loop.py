@@ -34,8 +34,8 @@ from torch import Tensor
 from medad import distributed
 from medad.config import TrainConfig
 from medad.methods.base import PretrainMethod
-from medad.train.checkpoint import load_checkpoint, save_checkpoint
-from medad.train.core import optimizer_step, run_epochs
+from medad.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from medad.train.core import check_weights, divergence_hint, optimizer_step, run_epochs
 from medad.train.selection import CheckpointScore, choose_checkpoint
 
 log = logging.getLogger("medad.train")
@@ -189,9 +189,8 @@ def train_method(
                 f"cannot resume from {ckpt}: it was written by {meta.get('world_size', 1)} training process(es), "
                 f"this run has {world}; resume with the same --nproc"
             )
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        for target, key in ((method, "method"), (optimizer, "optimizer"), (schedule, "schedule")):
+            load_state(target, state[key], ckpt, key)
         _set_rng_state(state["rng_ranks"][rank] if world > 1 else state["rng"], device)
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1
@@ -239,14 +238,15 @@ def train_method(
     def step(idx: Tensor, epoch: int, done: float) -> dict[str, float]:
         method.on_train_step(done)
         terms = step_model(train_images[idx].to(device, non_blocking=True))
-        error = (f"loss became {{loss}} at epoch {epoch}; lower the learning rate (train.lr={cfg.lr}) or check the "
-                 "input images")
+        error = f"loss became {{loss}} at epoch {epoch}; {divergence_hint('train.lr / --lr', cfg.lr)}"
         values = {"loss": optimizer_step(terms["loss"], optimizer, error)}
         method.after_optimizer_step()
         return values | {key: float(value.detach()) for key, value in terms.items() if key != "loss"}
 
     def end_of_epoch(record: dict[str, Any]) -> None:
         epoch, seconds, images = record.pop("epoch"), record.pop("seconds"), record.pop("images")
+        check_weights(method, f"the weights ({{name}}) became NaN/Inf in epoch {epoch} while the loss stayed finite; "
+                              + divergence_hint("train.lr / --lr", cfg.lr))
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         schedule.step()
         # every rank saw as many images: the mean of the ranks' means is the mean over the global batches
