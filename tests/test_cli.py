@@ -253,3 +253,21 @@ print(sorted(m for m in ("torch", "scipy", "sklearn", "medad.model", "medad.pipe
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_hostile_paths_and_values_are_one_line_each(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    (tmp_path / "broken.onnx").write_bytes(b"not a graph")
+    for args, message in [
+        (["train", "--data", "x", "--out", str(a_file)], f"{a_file} is a file: the run folder to write (--out)"),
+        (["train", "--data", "x", "--out", "y", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+        (["train", "--data", "x", "--out", "y", "--channels", "2"], "--channels: Input should be 1 or 3 (got 2)"),
+        (["train", "--config", str(tmp_path), "--out", "y"], f"cannot read config {tmp_path}: [Errno 21]"),
+        (["evaluate", "--model", str(tmp_path), "--data", "x"], f"no saved model in {tmp_path}: expected model.pt"),
+        (["predict", "--model", str(tmp_path / "broken.onnx"), str(a_file), "--out", str(tmp_path / "p")],
+         f"{tmp_path / 'broken.onnx'} is not an ONNX model or is damaged (Error parsing message"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), (args, result.output)
+        assert len(result.output.splitlines()) == 1, result.output

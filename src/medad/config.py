@@ -206,7 +206,7 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO: 10)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random source (numpy needs it >= 0)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")

@@ -33,6 +33,7 @@ from medad.config import RunConfig
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector
+from medad.files import one_line
 from medad.model import AnomalyDetector
 
 EXPORTABLE_SPATIAL = frozenset({"padim", "ae", "ae_u", "memae", "msssim_ae"})
@@ -159,7 +160,12 @@ class OnnxModel:
         import onnxruntime as ort
 
         path = Path(path)
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as exc:  # protobuf's DecodeError and friends: the file is no ONNX model
+            raise ValueError(f"{path} is not an ONNX model or is damaged ({one_line(exc)})") from exc
         if "medad" not in props:
             raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")
         meta = json.loads(props["medad"])

@@ -224,6 +224,8 @@ def train_run(
         raise ValueError("no data: pass --data PATH or set data.path in the config")
     check_params(config)  # before the folder is created and any image read
     folder = RunFolder(run_dir)
+    if folder.root.exists() and not folder.root.is_dir():
+        raise NotADirectoryError(f"{folder.root} is a file: the run folder to write (--out) must be a folder")
     joined = distributed.init_from_env(resolve_device(config.train.device))
     try:
         with ExitStack() as stack:

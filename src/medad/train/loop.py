@@ -283,7 +283,7 @@ def train_method(
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
     if chosen is not None:
         if chosen == best["epoch"] and chosen != history[-1]["epoch"]:
-            method.load_state_dict(best["state"])
+            load_state(method, best["state"], ckpt.with_name("best.pt") if ckpt else "the best epoch", "method")
         for record in history:
             record["selected"] = record["epoch"] == chosen
         if main:
