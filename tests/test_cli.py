@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from medad import __version__
 from medad.cli import app
+from medad.evaluation.records import ImageResult, ResultSet
 
 runner = CliRunner()
 COMMANDS = ["train", "evaluate", "predict", "report", "compare", "synth", "list"]
@@ -271,3 +272,17 @@ def test_hostile_paths_and_values_are_one_line_each(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), (args, result.output)
         assert len(result.output.splitlines()) == 1, result.output
+
+
+def test_report_on_damaged_files_names_them_without_numpys_unsafe_advice(tmp_path):
+    (tmp_path / "predictions.npz").write_text("garbage")
+    (tmp_path / "metrics.json").write_text("{")
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {tmp_path / 'predictions.npz'} is not a predictions file medad can read (damaged, or holding "
+        "pickled Python objects, which medad does not load)\n")
+    ResultSet([ImageResult(id="a.png", score=0.1, label=0)]).save(tmp_path / "predictions.npz")
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {tmp_path / 'metrics.json'} is not valid JSON (Expecting property name enclosed in double quotes "
+        "at line 1, column 2)\n")

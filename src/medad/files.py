@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -110,6 +111,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with ``text`` (UTF-8)."""
     with atomic_files() as files:
         files.write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def unreadable_arrays(exc: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, in a few words: numpy takes anything that is
+    no ``.npy`` / ``.npz`` for a pickle and advises loading it unsafely, which is not repeated."""
+    return "damaged, or holding pickled Python objects, which medad does not load" if "pickle" in str(exc) \
+        else one_line(exc)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; a missing or unreadable file or invalid JSON raises one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
 
 
 def load_tensors(path: str | Path, map_location: Any = "cpu") -> Any:

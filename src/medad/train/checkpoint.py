@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from medad.files import atomic_files, load_tensors, sha256_file
+from medad.files import atomic_files, load_tensors, read_json, sha256_file
 
 log = logging.getLogger("medad")
 
@@ -65,12 +65,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_path = Path(path).with_suffix(".json")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: {Path(path).name} is not usable without it")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {meta_path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    meta = read_json(meta_path)
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} is not medad metadata (a JSON object), it holds a {type(meta).__name__}")
     return meta
