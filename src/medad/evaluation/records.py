@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-import zipfile
 from pathlib import Path
 
 import numpy as np

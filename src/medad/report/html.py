@@ -2,7 +2,6 @@
 
 >>> import tempfile, pathlib
 >>> from medad.evaluation.records import ImageResult, ResultSet
-from medad.files import atomic_write_text
 >>> rs = ResultSet([ImageResult(id=f"{i}.png", score=float(i), label=int(i > 2)) for i in range(6)])
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "r.html"
 >>> 'id="metrics"' in render_report(rs, {"detector": "demo", "image_auroc": 1.0}, out).read_text()
@@ -350,7 +349,6 @@ def render_report(
 
     >>> import tempfile, pathlib
     >>> from medad.evaluation.records import ImageResult, ResultSet
-from medad.files import atomic_write_text
     >>> rs = ResultSet([ImageResult(id="a.png", score=0.3, role="predict")])
     >>> render_report(rs, {}, pathlib.Path(tempfile.mkdtemp()) / "r.html").suffix
     '.html'
