@@ -114,12 +114,11 @@ def check_params(config: RunConfig) -> None:
     ``ValidationError``, each located in the config (``method.params.temperature``,
     ``detector.params.k``, ``detector.also.0.params.epochs``).
 
-    >>> check_params(RunConfig.model_validate({"detector": {"name": "nnd", "params": {"k": 0}}}))
-    Traceback (most recent call last):
-    ...
-    pydantic_core._pydantic_core.ValidationError: 1 validation error for RunConfig
-    detector.params.k
-    ...
+    >>> try:
+    ...     check_params(RunConfig.model_validate({"detector": {"name": "nnd", "params": {"k": 0}}}))
+    ... except ValidationError as exc:
+    ...     print([error["loc"] for error in exc.errors()])
+    [('detector', 'params', 'k')]
     """
     detector = config.detector
     own = {spec.name: ("detector", "also", i, "params")  # scores listed in `also` with params of their own
