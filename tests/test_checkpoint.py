@@ -109,6 +109,18 @@ def test_an_older_model_whose_json_disagrees_with_its_tensors_is_one_line(saved_
     assert "conv1.weight is [4, 1, 3, 3] in the file but [8, 1, 3, 3] here" in message
 
 
+def test_an_older_model_json_with_an_invalid_config_names_the_file(saved_model, tmp_path):
+    folder = _copy(saved_model, tmp_path / "m")
+    _strip_hashes(folder / "model.pt")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["data"]["image_size"] = -3
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as info:
+        AnomalyDetector.load(folder)
+    assert _one_line(info) == (f"{folder / 'model.json'}: config: data.image_size: Input should be greater than or "
+                               "equal to 8 (got -3)")
+
+
 # -- what is not loaded --------------------------------------------------------------------------
 def test_a_pickled_file_is_refused_in_one_line_without_torchs_unsafe_advice(tmp_path):
     path = tmp_path / "evil.pt"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from medad import __version__
 from medad import distributed
-from medad.config import FUSION, RunConfig, ScoreSpec, apply_shortcuts, from_preset
+from medad.config import FUSION, RunConfig, ScoreSpec, apply_shortcuts, error_lines, from_preset
 from medad.data.imageset import ImageSet
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput, NonFiniteFeatures
@@ -499,7 +499,11 @@ class AnomalyDetector:
                 raise ValueError(f"{meta_path} is not a medad model's metadata (no {', '.join(missing)})")
 
         state, meta = load_checkpoint(path, check=check)
-        config = RunConfig.model_validate(meta["config"])
+        try:
+            config = RunConfig.model_validate(meta["config"])
+        except ValidationError as exc:  # an older model.json (no hashes) edited by hand
+            raise ValueError("\n".join(f"{path.with_suffix('.json')}: config: {line}" for line in error_lines(exc))
+                             ) from None
         config.encoder.weights = None  # the saved weights replace any initial weights file
         if device is not None:
             config.train.device = device
