@@ -5,8 +5,9 @@ of them over their targets only once every one is complete, so that a reader fin
 or the new one. A write that fails — a full disk — removes the temporary files, leaves the old
 ones as they were and raises :class:`WriteError`, one line naming the file. :func:`load_tensors`
 is medad's one ``torch.load`` (``weights_only=True``), with one-line errors for a file that holds
-pickled objects or is no tensor file at all. torch is imported only by :func:`load_tensors`, so
-that the config (which writes through this module) loads without it.
+pickled objects or is no tensor file at all; :func:`read_json` and :func:`unreadable_arrays` do
+the same for JSON and ``.npz`` files. torch is imported only by :func:`load_tensors`, so that the
+config (which writes through this module) loads without it.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
