@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+import medad.model
 from medad import AnomalyDetector, NotFittedError
-from medad.config import RunConfig
+from medad.config import MethodConfig, RunConfig
 from medad.data.synthetic import make_phantoms
+from medad.detectors.base import NonFiniteFeatures
 from medad.evaluation.calibration import normal_quantile
+from medad.methods.none import NoPretraining
 
 CFG = RunConfig.model_validate(
     {
@@ -126,3 +130,31 @@ def test_view_settings_of_the_primary_score_reach_every_embedding_score(tmp_path
     again = AnomalyDetector.load(det.save(tmp_path / "m"))
     for name, out in det.score_all(test).items():
         assert torch.allclose(again.score_all(test)[name].scores, out.scores)
+
+
+@pytest.mark.parametrize("method, hint", [
+    ("contrastive", r"lower the learning rate \(train.lr / --lr, now 0.001\) or check the input images$"),
+    ("none", r"NaN/Inf embeddings for 18 of 18 images; check the input images$"),
+])
+def test_nan_embeddings_say_what_to_suspect(monkeypatch, method, hint):
+    """Embeddings that come out NaN after pre-training point at its learning rate; without
+    pre-training, at the images."""
+
+    def diverged(method, *args, **kwargs):  # what a huge learning rate leaves behind
+        for p in method.encoder.parameters():
+            p.data.fill_(float("nan"))
+        return []
+
+    monkeypatch.setattr(medad.model, "train_method", diverged)
+    monkeypatch.setattr(NoPretraining, "calibrate", lambda self, images: diverged(self))
+    with pytest.raises(NonFiniteFeatures, match=hint):
+        AnomalyDetector(CFG, method=method, detector="nnd").fit(make_phantoms(24, 32, seed=0)[0])
+
+
+def test_params_are_checked_when_the_detector_is_configured():
+    with pytest.raises(ValidationError) as info:
+        AnomalyDetector(CFG, detector="nnd", method="contrastive").set_params(
+            config=CFG.model_copy(update={"method": MethodConfig(params={"temperature": -1})}))
+    assert [e["loc"] for e in info.value.errors()] == [("method", "params", "temperature")]
+    with pytest.raises(ValidationError, match=r"detector.also.0.params.epochs"):
+        AnomalyDetector(RunConfig.model_validate({"detector": {"also": [{"name": "dae", "params": {"epochs": 0}}]}}))

@@ -12,6 +12,7 @@ from medad.detectors.embedding import EmbeddingDetector
 from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
 from medad.detectors.knn import NearestNeighbourDetector
 from medad.detectors.registry import DETECTORS, applicable_detectors, build_detector
+from medad.methods.registry import METHODS
 from medad.models.resnet import ResNetEncoder
 from tolerance import tolerance
 
@@ -205,6 +206,11 @@ def test_cache_keeps_layers_apart():
     det1 = build_detector("nnd", {"layer": "layer1"}).fit(images, encoder, cache)
     det4 = build_detector("nnd", {}).fit(images, encoder, cache)
     assert det1.bank.shape[-1] == 4 and det4.bank.shape[-1] == 32
+
+
+def test_the_catalog_names_every_class_by_its_own_name():
+    for table in (DETECTORS, METHODS):
+        assert all(cls.name == name for name, cls in table.items())
 
 
 def test_registry():

@@ -9,8 +9,8 @@ import medad
 
 # docs/architecture.md, "Floors": lowest first; a module may import its own floor and the ones below
 FLOORS = [
-    {"config", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed", "presets", "budgets",
-     "runlock", "runfolder", "atomic", "outputs"},
+    {"config", "catalog", "files", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed",
+     "presets", "budgets", "runlock", "runfolder", "atomic", "outputs"},
     {"data", "augment", "evaluation", "report"},
     {"models"},
     {"methods"},

@@ -105,8 +105,33 @@ def test_resume_refuses_another_config(tmp_path):
 def test_non_finite_loss_is_a_clear_error():
     data = torch.rand(8, 1, 2, 2)
     data[0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="loss became nan"):
+    hint = r"lower the learning rate \(train.lr / --lr, now 0.05\) or check the input images"
+    with pytest.raises(FloatingPointError, match=f"loss became nan at epoch 1; {hint}"):
         train_method(_method(), data, None, _cfg(epochs=1, batch_size=8))
+
+
+class DivergingStatistic(NoisyRegression):
+    """A finite loss beside a buffer that overflows in epoch 2, as BatchNorm statistics or an EMA
+    teacher do at a huge learning rate."""
+
+    def __init__(self, encoder):
+        super().__init__(encoder)
+        self.register_buffer("running", torch.zeros(1))
+        self.steps = 0
+
+    def after_optimizer_step(self):
+        self.steps += 1
+        if self.steps > 2:
+            self.running.fill_(float("inf"))
+
+
+def test_weights_that_diverge_under_a_finite_loss_stop_training_before_their_checkpoint(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    with pytest.raises(FloatingPointError, match=r"the weights \(running\) became NaN/Inf in epoch 2 while the "
+                                                 r"loss stayed finite; lower the learning rate \(train.lr / --lr"):
+        train_method(DivergingStatistic(torch.nn.Linear(4, 1)), torch.rand(8, 1, 2, 2), None,
+                     _cfg(epochs=3, batch_size=4), checkpoint_path=ckpt)
+    assert load_checkpoint(ckpt)[1]["epoch"] == 1  # the last finite state, not the diverged one
 
 
 def test_too_few_images():
@@ -128,22 +153,6 @@ def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
     state, meta = load_checkpoint(path)
     assert state["w"].tolist() == [0.0, 1.0, 2.0, 3.0] and meta == {"epoch": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.pt"]  # no temp files left
-
-
-def test_checkpoint_refuses_pickled_objects(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"obj": object()}, path)  # a pickled arbitrary object
-    path.with_suffix(".json").write_text("{}")
-    with pytest.raises(ValueError, match="cannot load checkpoint"):
-        load_checkpoint(path)
-
-
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    path = tmp_path / "bad.pt"
-    path.write_bytes(b"not a checkpoint")
-    path.with_suffix(".json").write_text("{}")
-    with pytest.raises(ValueError, match="bad.pt"):
-        load_checkpoint(path)
 
 
 class Hooked(NoisyRegression):

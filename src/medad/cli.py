@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from medad import __version__
@@ -35,15 +38,40 @@ def _setup_logging(quiet: bool) -> None:
     )
 
 
-def _fail(exc: BaseException) -> None:
-    """Print a one-line error (no traceback unless MEDAD_DEBUG=1) and exit with status 2."""
+def _fail(exc: BaseException, names: Mapping[str, str] | None = None) -> None:
+    """Print the error, one line per problem (no traceback unless MEDAD_DEBUG=1), and exit with
+    status 2. A config error names the CLI flag that set the value (``names``: config key -> flag),
+    else the config key."""
+    from pydantic import ValidationError
+
+    from medad.config import error_lines
+    from medad.atomic import WriteError
+
     if os.environ.get("MEDAD_DEBUG"):
         raise exc
-    console.print(f"[bold red]error:[/] {exc}")
+    if isinstance(exc, ValidationError):
+        lines = error_lines(exc, names)
+    elif (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, WriteError)
+          and exc.strerror in (None, os.strerror(exc.errno))):  # the system's bare message: say what it means
+        lines = [f"the disk is full (no space left on the device){f' writing {exc.filename}' if exc.filename else ''}"]
+    elif isinstance(exc, OSError) and exc.strerror and not exc.filename:  # medad's own message, without "[Errno N]"
+        lines = exc.strerror.splitlines()
+    else:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+    for line in lines:
+        console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-_USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError)
+_USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError, TypeError, ArithmeticError)
+"""What a command reports as a one-line error: bad input, files, and a training that diverged
+(FloatingPointError); anything else is a bug and keeps its traceback."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"medad {__version__}")
+        raise typer.Exit()
 
 
 class Terminated(KeyboardInterrupt):
@@ -66,12 +94,10 @@ def _interrupted(exc: KeyboardInterrupt, left: str) -> NoReturn:
 def main(
     ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """medad command line."""
-    if version:
-        typer.echo(f"medad {__version__}")
-        raise typer.Exit()
     _setup_logging(quiet)
     # signal handlers live in the main thread; a SIGTERM the caller ignores stays ignored
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
@@ -145,33 +171,39 @@ def train(
         medad train --device cuda --budget paper --method con2 \\
             --data ../shared/data/chest_xray_covid_224 --out runs/con2
     """
-    from medad import distributed
-    from medad.config import parse_assignments, resolve_config, shortcut_overrides
-    from medad.pipeline import train_run
+    from medad.config import SHORTCUTS, parse_assignments, resolve_config, shortcut_overrides
 
-    if nproc is not None and not distributed.launched():
-        try:
-            code = _torchrun(nproc)
-        except _USER_ERRORS as exc:
-            _fail(exc)
-        raise typer.Exit(code)
-
-    try:
-        overrides = shortcut_overrides(
-            data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
-            image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
-            seed=seed, device=device, precision=precision, progress=None if progress else False,
-        )
-        overrides.update(parse_assignments(set_))
+    shortcuts = dict(data=None if data is None else str(data), method=method, detector=detector, select_by=select_by,
+                     image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
+                     seed=seed, device=device, precision=precision, progress=None if progress else False)
+    names = {SHORTCUTS[k]: "--" + k.replace("_", "-") for k, v in shortcuts.items() if v is not None}
+    names.update({"data.unlabeled": "--unlabeled", "budget": "--budget"})  # config key -> flag, for errors
+    metrics: dict = {}
+    try:  # the config is validated before torch and the models are imported: errors come at once
+        assignments = parse_assignments(set_)
+        names.update({key: f"--set {key}" for key in assignments})
+        overrides = {**shortcut_overrides(**shortcuts), **assignments}
         if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
             overrides["data.unlabeled"] = str(unlabeled)
         cfg = resolve_config(config, preset=preset, budget=budget, overrides=overrides)
-        metrics = train_run(cfg, out, resume=resume, overwrite=overwrite)
+        start_torchrun = False
+        if nproc is not None:  # only then: medad.distributed imports torch
+            from medad import distributed
+
+            start_torchrun = not distributed.launched()
+        if start_torchrun:
+            code = _torchrun(nproc)
+        else:
+            from medad.pipeline import train_run
+
+            code, metrics = 0, train_run(cfg, out, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as exc:
-        _fail(exc)
+        _fail(exc, names)
     except KeyboardInterrupt as exc:
         _interrupted(exc, f"continue with the same command plus --resume (checkpoint in {out / 'checkpoints'})")
-    if metrics:  # {} on the ranks > 0 of a multi-process run: rank 0 reports
+    if code:
+        raise typer.Exit(code)
+    if metrics:  # {} on the ranks > 0 of a multi-process run, and after torchrun: rank 0 reports
         _print_summary(metrics, out)
 
 
@@ -227,7 +259,7 @@ def predict(
                                          "file from `medad export`."),
     out: Path = typer.Option(..., help="Folder for scores.csv (and heatmaps/ for spatial scores); must be empty "
                                        "unless --overwrite."),
-    batch_size: int = typer.Option(64, help="Images read and scored at a time."),
+    batch_size: int = typer.Option(64, min=1, help="Images read and scored at a time."),
     scores: str = typer.Option("primary", help="Scores to compute: primary (the model's own) or all."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
     heatmaps: bool = typer.Option(True, help="Write heatmaps/ for spatial scores."),
@@ -306,7 +338,7 @@ def report(run_dir: Path = typer.Argument(..., help="Run (or eval) directory wit
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more run directories trained on the same data and seed."),
-    margin: float = typer.Option(1.0, help="Standard errors the best run must lead by to count as better."),
+    margin: float = typer.Option(1.0, min=0, help="Standard errors the best run must lead by to count as better."),
 ) -> None:
     """Rank runs by Rafiee's label-free sensitivity score (no abnormal image involved), e.g. to
     choose a temperature or a negative weight; says whether the best lead exceeds the noise.
@@ -343,11 +375,11 @@ def compare(
 @app.command()
 def synth(
     out: Path = typer.Option(..., help="Folder to write (MVTec layout)."),
-    size: int = typer.Option(64, help="Image side in pixels."),
-    n_train: int = typer.Option(200, help="Normal training images."),
-    n_test_normal: int = typer.Option(50, help="Normal test images."),
-    n_test_abnormal: int = typer.Option(50, help="Test images with synthetic lesions (with masks)."),
-    seed: int = typer.Option(0, help="Seed; the same seed writes identical files."),
+    size: int = typer.Option(64, min=16, help="Image side in pixels (at least 16: data.synthetic.MIN_PHANTOM_SIZE)."),
+    n_train: int = typer.Option(200, min=1, help="Normal training images."),
+    n_test_normal: int = typer.Option(50, min=0, help="Normal test images."),
+    n_test_abnormal: int = typer.Option(50, min=0, help="Test images with synthetic lesions (with masks)."),
+    seed: int = typer.Option(0, min=0, help="Seed; the same seed writes identical files."),
 ) -> None:
     """Write the built-in synthetic phantom dataset (normal images + lesions with exact masks).
 
@@ -373,8 +405,7 @@ def list_components() -> None:
 
         medad list
     """
-    from medad.detectors.registry import DETECTORS
-    from medad.methods.registry import METHODS
+    from medad.catalog import DETECTORS, METHODS
     from medad.presets import PRESETS
 
     typer.echo("methods:   " + ", ".join(sorted(METHODS)))

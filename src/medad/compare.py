@@ -14,11 +14,12 @@ the best run's lead is larger than the score's noise. ``medad compare`` prints b
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from medad.files import read_json
 
 #: config keys that must agree for two runs' sensitivity scores to be comparable
 SAME_SPLIT_KEYS = (("data", "val_fraction"), ("data", "max_train"), ("train", "seed"), ("train", "sensitivity_holdout"))
@@ -40,7 +41,7 @@ class RunScore:
 def _model_json(run_dir: Path) -> dict:
     for candidate in (run_dir / "model" / "model.json", run_dir / "model.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            return read_json(candidate)
     raise FileNotFoundError(f"{run_dir} is not a medad run (no model/model.json); train one with `medad train`")
 
 

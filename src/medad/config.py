@@ -10,13 +10,17 @@ Every run writes its resolved configuration (all defaults filled in) to ``RUN_DI
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medad import catalog
 from medad.budgets import budget_overrides, flat_keys
+from medad.atomic import atomic_write_text
 from medad.presets import PRESETS, merge_preset
 
 SCHEMA_VERSION = 1
@@ -24,6 +28,20 @@ SCHEMA_VERSION = 1
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _did_you_mean(name: str, options: Any) -> str:
+    """`` (did you mean 'x'?)`` for the option closest to ``name``, or nothing."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known(kind: str, table: Mapping[str, str], name: str) -> str:
+    """``name`` if ``table`` (:mod:`medad.catalog`) has it, else ValueError listing the known names."""
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}{_did_you_mean(name, table)}; known {kind}s: "
+                         f"{', '.join(sorted(table))} (`medad list`)")
+    return name
 
 
 class DataConfig(_Strict):
@@ -74,12 +92,22 @@ class MethodConfig(_Strict):
     name: str = "contrastive"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        return _known("method", catalog.METHODS, name)
+
 
 class ScoreSpec(_Strict):
     """A score reported beside the primary one, with parameters of its own (validated by it)."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_detector(cls, name: str) -> str:
+        return _known("detector", catalog.DETECTORS, name)
 
 
 FUSION = "fusion"
@@ -104,10 +132,27 @@ class DetectorConfig(_Strict):
         "by the mean and std of its validation-normal scores; [] = the detector's own score is primary"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _known_detector(cls, name: str) -> str:
+        if name == FUSION:
+            raise ValueError(f"{FUSION!r} is the name of the fused score, not a detector (see detector.fuse)")
+        return _known("detector", catalog.DETECTORS, name)
+
+    @field_validator("also")
+    @classmethod
+    def _known_also(cls, also: list[str | ScoreSpec] | str) -> list[str | ScoreSpec] | str:
+        for name in [] if also == "auto" else [a for a in also if isinstance(a, str)]:
+            _known("detector", catalog.DETECTORS, name)
+        return also
+
+    @field_validator("fuse")
+    @classmethod
+    def _known_fuse(cls, fuse: list[str]) -> list[str]:
+        return [_known("detector", catalog.DETECTORS, name) for name in fuse]
+
     @model_validator(mode="after")
     def _check_fuse(self) -> DetectorConfig:
-        if FUSION in {self.name, *self.also_names()}:
-            raise ValueError(f"{FUSION!r} is the name of the fused score, not a detector")
         if self.fuse:
             if len(set(self.fuse)) < 2 or len(set(self.fuse)) != len(self.fuse):
                 raise ValueError(f"detector.fuse needs at least two different scores, got {self.fuse}")
@@ -164,7 +209,7 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(
         0, ge=0, description="linear learning-rate warm-up over the first epochs (DINO's code: 10)"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of every random source (numpy needs it >= 0)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="dtype the networks compute in: auto = bf16 autocast on a CUDA GPU, fp32 on a CPU "
@@ -249,26 +294,107 @@ class RunConfig(_Strict):
 
 
 def _read_yaml(path: str | Path | None) -> dict[str, Any]:
-    """The mapping in a YAML config file (none: empty); errors name the file."""
+    """The mapping in a YAML config file (none: empty); errors are one line naming the file."""
     if path is None:
         return {}
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a mapping at the top level")
+        raise ValueError(f"config {path} must be a mapping of sections (data:, train:, ...) at the top level, "
+                         f"not a {type(raw).__name__}")
     return raw
+
+
+def _validated(raw: dict[str, Any], path: str | Path | None) -> RunConfig:
+    """``raw`` with its preset filled in, validated; errors of a file's values name the file."""
+    try:
+        return RunConfig.model_validate(merge_preset(raw))
+    except ValidationError as exc:
+        if path is None:
+            raise
+        raise ValueError("\n".join(f"config {path}: {line}" for line in error_lines(exc))) from None
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None) -> RunConfig:
     """Read and validate a YAML config (none: the defaults); ``preset`` replaces the file's
-    ``preset:``. Errors name the file and the offending field."""
+    ``preset:``. Errors are one line each, naming the file and the offending key."""
     raw = _read_yaml(path)
     if preset is not None:
         raw["preset"] = preset
-    return RunConfig.model_validate(merge_preset(raw))
+    return _validated(raw, path)
+
+
+def error_lines(exc: ValidationError, names: Mapping[str, str] | None = None) -> list[str]:
+    """One line per error in ``exc``: where it is — the config key, or what ``names`` calls that
+    key or a section above it (the CLI flag that set it) — pydantic's message without its
+    documentation link, and the value given. The alternatives of a union fold into one line.
+
+    >>> try:
+    ...     RunConfig.model_validate({"data": {"image_size": -3, "chanels": 3}})
+    ... except ValidationError as exc:
+    ...     print("\\n".join(error_lines(exc, {"data.image_size": "--image-size"})))
+    --image-size: Input should be greater than or equal to 8 (got -3)
+    data.chanels: unknown key (did you mean 'channels'?)
+    """
+    names = names or {}
+    found: dict[tuple, list[str]] = {}
+    alternatives = set()  # keys where a union's alternatives failed
+    for error in exc.errors(include_url=False):
+        loc = tuple(part for part in error["loc"] if not _union_tag(part))
+        if len(loc) < len(error["loc"]):
+            alternatives.add(loc)
+        found.setdefault(loc, []).append(_message(error, loc))
+    lines = []
+    for loc, messages in found.items():
+        if loc in alternatives and any(other[: len(loc)] == loc and other != loc for other in found):
+            continue  # an alternative that failed deeper down says more than "or it should be ..."
+        key = ".".join(map(str, loc))
+        given = [k for k in names if key == k or key.startswith(k + ".")]
+        where = key if not given else names[given[0]] if given[0] == key else f"{names[given[0]]} ({key})"
+        lines.append(f"{where}: " * bool(where) + "; or ".join(dict.fromkeys(messages)))
+    return lines
+
+
+def _union_tag(part: str | int) -> bool:
+    """Whether a pydantic error location part names a union member (``int``, ``ScoreSpec``,
+    ``literal['auto']``) rather than a key."""
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool") or part[:1].isupper())
+
+
+def _message(error: dict[str, Any], loc: tuple) -> str:
+    """pydantic's message for one error, with an unknown key's likely meaning and the value given."""
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        section: Any = RunConfig
+        for part in loc[:-1]:
+            field = section.model_fields.get(part) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        known = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else ()
+        return f"unknown key{_did_you_mean(loc[-1], known)}"
+    if kind == "missing":
+        return "required, but missing"
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    shown = kind not in ("value_error", "assertion_error") and isinstance(value, (str, int, float, bool, type(None)))
+    return f"{message} (got {value!r})" if shown else message
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML spreads it over several lines).
+
+    >>> try:
+    ...     yaml.safe_load("a: [1, 2")
+    ... except yaml.YAMLError as exc:
+    ...     print(yaml_problem(exc))
+    expected ',' or ']', but got '<stream end>' (line 1, column 9)
+    """
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or ' '.join(str(exc).split())}{where}"
 
 
 def resolve_config(path: str | Path | None = None, *, preset: str | None = None, budget: str | None = None,
@@ -285,7 +411,7 @@ def resolve_config(path: str | Path | None = None, *, preset: str | None = None,
     overrides = overrides or {}
     if preset is not None:
         raw["preset"] = preset
-    config = apply_overrides(RunConfig.model_validate(merge_preset(raw)), overrides)
+    config = apply_overrides(_validated(raw, path), overrides)
     return apply_budget(config, budget, explicit=flat_keys(raw) | set(overrides))
 
 
@@ -316,8 +442,8 @@ def from_preset(name: str, values: dict[str, Any] | None = None) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (all defaults spelled out)."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML (all defaults spelled out), atomically."""
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -347,8 +473,11 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         *parents, leaf = dotted.split(".")
         for key in parents:
             if not isinstance(node, dict) or key not in node:
-                raise KeyError(f"unknown config key {dotted!r}")
+                hint = _did_you_mean(key, node) if isinstance(node, dict) else ""
+                raise ValueError(f"unknown config key {dotted!r}: no section {key!r} there{hint}")
             node = node[key]
+        if not isinstance(node, dict):
+            raise ValueError(f"unknown config key {dotted!r}: {parents[-1]!r} is a value, not a section")
         node[leaf] = value
     return RunConfig.model_validate(data)
 
@@ -364,7 +493,10 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item}: the value is not valid YAML: {yaml_problem(exc)}") from None
     return out
 
 

@@ -35,6 +35,7 @@ from medad.config import RunConfig
 from medad.data.preprocessor import Preprocessor
 from medad.detectors.base import DetectorOutput
 from medad.detectors.embedding import EmbeddingDetector
+from medad.files import one_line
 from medad.model import AnomalyDetector
 
 EXPORTABLE_SPATIAL = frozenset({"padim", "ae", "ae_u", "memae", "msssim_ae"})
@@ -183,7 +184,7 @@ class OnnxModel:
         try:
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         except Exception as exc:  # protobuf's DecodeError, ...: not an ONNX file, or a truncated one
-            raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc}); "
+            raise ValueError(f"{path} is not a readable ONNX file ({one_line(exc)}); "
                              "write it again with `medad export`") from None
         if "medad" not in props:
             raise ValueError(f"{path} was not exported by medad (no 'medad' metadata)")

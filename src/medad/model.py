@@ -23,14 +23,17 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from medad import __version__
 from medad import distributed
-from medad.config import FUSION, RunConfig, apply_budget, apply_shortcuts, from_preset, shortcut_overrides
+from medad.config import (
+    FUSION, RunConfig, ScoreSpec, apply_budget, apply_shortcuts, error_lines, from_preset, shortcut_overrides,
+)
 from medad.data.imageset import ImageSet
 from medad.data.preprocessor import Preprocessor
-from medad.detectors.base import DetectorOutput
+from medad.detectors.base import DetectorOutput, NonFiniteFeatures
 from medad.device_policy import ComputePolicy
 from medad.detectors.embedding import EmbeddingDetector, EmbeddingParams, cached_view
 from medad.detectors.fusion import Standardisation, fit_fusion, fuse_scores
@@ -42,11 +45,12 @@ from medad.evaluation.metrics import quantile_threshold
 from medad.evaluation.pixel import pixel_quantile_threshold
 from medad.evaluation.projection import Projection, fit_projection
 from medad.methods.base import PretrainMethod
-from medad.methods.registry import build_method
+from medad.methods.registry import METHODS, build_method
 from medad.models.resnet import build_encoder
 from medad.progress import progress_enabled
 from medad.runtime import resolve_device, seed_everything, set_threads
-from medad.train.checkpoint import load_checkpoint, save_checkpoint
+from medad.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from medad.train.core import divergence_hint
 from medad.train.loop import train_method
 from medad.train.networks import network_checkpoints
 
@@ -92,6 +96,49 @@ def score_params(config: RunConfig, name: str) -> dict[str, Any]:
     return own
 
 
+def scores_of(config: RunConfig) -> list[str]:
+    """The detectors ``config`` fits: ``detector.name`` first, then the others reported beside it.
+
+    >>> scores_of(RunConfig.model_validate({"detector": {"name": "lh"}}))
+    ['lh', 'mahalanobis', 'nnd', 'cosine']
+    """
+    detector = config.detector
+    extra = applicable_detectors(detector.name) if detector.also == "auto" else detector.also_names()
+    names = [detector.name] + [n for n in extra if n != detector.name]
+    missing = [n for n in detector.fuse if n not in names]
+    if missing:
+        raise ValueError(f"detector.fuse names {missing}, which are not among the scores {names}")
+    return names
+
+
+def check_params(config: RunConfig) -> None:
+    """Validate the method's params and every score's (:func:`score_params`) against their
+    ``Params`` before any data is read or network built. The errors of all of them come in one
+    ``ValidationError``, each located in the config (``method.params.temperature``,
+    ``detector.params.k``, ``detector.also.0.params.epochs``).
+
+    >>> try:
+    ...     check_params(RunConfig.model_validate({"detector": {"name": "nnd", "params": {"k": 0}}}))
+    ... except ValidationError as exc:
+    ...     print([error["loc"] for error in exc.errors()])
+    [('detector', 'params', 'k')]
+    """
+    detector = config.detector
+    own = {spec.name: ("detector", "also", i, "params")  # scores listed in `also` with params of their own
+           for i, spec in enumerate([] if detector.also == "auto" else detector.also) if isinstance(spec, ScoreSpec)}
+    checks = [(("method", "params"), METHODS[config.method.name].Params, config.method.params)]
+    checks += [(own.get(name, ("detector", "params")), detector_class(name).Params, score_params(config, name))
+               for name in scores_of(config)]
+    errors = []
+    for loc, params_class, params in checks:
+        try:
+            params_class.model_validate(params)
+        except ValidationError as exc:
+            errors += [{**error, "loc": (*loc, *error["loc"])} for error in exc.errors()]
+    if errors:
+        raise ValidationError.from_exception_data("RunConfig", errors)
+
+
 class NotFittedError(RuntimeError):
     """Raised when a detector is used before ``fit`` (or ``load``)."""
 
@@ -117,6 +164,7 @@ class AnomalyDetector:
             config = apply_shortcuts(from_preset(preset) if preset else config or RunConfig(), **shortcuts)
             # the shortcuts given win over the budget's values
             self.config = apply_budget(config, budget, explicit=set(shortcut_overrides(**shortcuts)))
+        check_params(self.config)
         self.device = resolve_device(self.config.train.device)
         self.encoder_: nn.Module | None = None
         self.method_: PretrainMethod | None = None  # the fitted method with its heads; not saved (load: None)
@@ -174,13 +222,7 @@ class AnomalyDetector:
 
     def score_names(self) -> list[str]:
         """The detectors to fit: ``detector.name`` first, then the others reported beside it."""
-        detector = self.config.detector
-        extra = applicable_detectors(detector.name) if detector.also == "auto" else detector.also_names()
-        names = [detector.name] + [n for n in extra if n != detector.name]
-        missing = [n for n in detector.fuse if n not in names]
-        if missing:
-            raise ValueError(f"detector.fuse names {missing}, which are not among the scores {names}")
-        return names
+        return scores_of(self.config)
 
     def fit(
         self,
@@ -244,7 +286,11 @@ class AnomalyDetector:
         networks = nullcontext() if checkpoint_path is None else network_checkpoints(
             Path(checkpoint_path).parent / "networks", fingerprint, resume)
         with networks, self.policy.activate():
-            self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
+            try:
+                self._fit_scores(train, val, None if unlabeled is None else self.prepare(unlabeled))
+            except NonFiniteFeatures as exc:  # say what to suspect: the pre-training or the inputs
+                cause = divergence_hint("train.lr / --lr", cfg.train.lr) if pretrain else "check the input images"
+                raise NonFiniteFeatures(f"{exc}; {cause}") from exc
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
@@ -387,6 +433,7 @@ class AnomalyDetector:
         at the next :meth:`fit`. Returns the estimator."""
         config = params.pop("config", self.config)
         self.config = apply_shortcuts(config, **params) if params else config
+        check_params(self.config)
         self.device = resolve_device(self.config.train.device)
         return self
 
@@ -444,27 +491,48 @@ class AnomalyDetector:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> AnomalyDetector:
-        """Load a model saved by :meth:`save` (or a run directory containing ``model/``)."""
+        """Load a model saved by :meth:`save` (its folder, a run directory containing ``model/``, or
+        the folder's ``model.pt`` / ``model.json``). A pair of files that were not saved together,
+        or were edited since, is refused (:mod:`medad.train.checkpoint`)."""
         directory = Path(directory)
-        if (directory / "model" / "model.pt").is_file():
+        if directory.name in ("model.pt", "model.json") and directory.is_file():
+            directory = directory.parent
+        elif (directory / "model" / "model.pt").is_file():
             directory = directory / "model"
-        state, meta = load_checkpoint(directory / "model.pt")
-        if meta.get("format", 0) > MODEL_FORMAT:
-            raise ValueError(f"{directory} was written by a newer medad ({meta.get('medad_version')})")
-        config = RunConfig.model_validate(meta["config"])
+        path = directory / "model.pt"
+        if not (path.is_file() or path.with_suffix(".json").is_file()):
+            raise FileNotFoundError(f"no saved model in {directory}: expected model.pt and model.json there "
+                                    "(or in its model/ folder), as `medad train` and AnomalyDetector.save write them")
+
+        def check(meta: dict[str, Any]) -> None:
+            meta_path = path.with_suffix(".json")
+            if meta.get("format", 0) > MODEL_FORMAT:
+                raise ValueError(f"{meta_path} was written by a newer medad ({meta.get('medad_version')}, model "
+                                 f"format {meta['format']}; this is medad {__version__}, format {MODEL_FORMAT}): "
+                                 "upgrade medad to load it")
+            missing = [key for key in ("config", "scores") if key not in meta]
+            if missing:
+                raise ValueError(f"{meta_path} is not a medad model's metadata (no {', '.join(missing)})")
+
+        state, meta = load_checkpoint(path, check=check)
+        try:
+            config = RunConfig.model_validate(meta["config"])
+        except ValidationError as exc:  # an older model.json (no hashes) edited by hand
+            raise ValueError("\n".join(f"{path.with_suffix('.json')}: config: {line}" for line in error_lines(exc))
+                             ) from None
         config.encoder.weights = None  # the saved weights replace any initial weights file
         if device is not None:
             config.train.device = device
         model = cls(config)
         encoder = build_encoder(config.encoder, in_channels=config.data.channels, image_size=config.data.image_size)
-        encoder.load_state_dict(state["encoder"])
+        load_state(encoder, state.get("encoder", {}), path, "encoder")
         model.encoder_ = encoder.to(model.device).eval()
         for name in meta["scores"]:
             # models saved before score_params was recorded gave params to the primary score only
             saved = meta.get("score_params", {}).get(name)
             primary_only = config.detector.params if name == config.detector.name else {}
             detector = build_detector(name, primary_only if saved is None else saved)
-            detector.load_state_dict(state["detectors"][name])
+            load_state(detector, state.get("detectors", {}).get(name, {}), path, f"detector {name!r}")
             model.detectors_[name] = detector.to(model.device).eval()
         for key in FITTED_METADATA:  # a field an older medad did not save keeps its unfitted default
             if key in meta:

@@ -24,7 +24,8 @@ from medad.evaluation.checks import evaluation_warnings
 from medad.evaluation.projection import fit_projection, project
 from medad.evaluation.records import ImageResult, ResultSet
 from medad.evaluation.summary import labelled_val_metrics, localisation_metrics, detection_metrics
-from medad.model import AnomalyDetector
+from medad.files import read_json
+from medad.model import AnomalyDetector, check_params
 from medad.report.figures import to_uint8
 from medad.report.html import render_report
 from medad.runfolder import RunFolder
@@ -223,7 +224,10 @@ def train_run(
     """
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
+    check_params(config)  # before the folder is created and any image read
     folder = RunFolder(run_dir)
+    if folder.root.exists() and not folder.root.is_dir():
+        raise NotADirectoryError(f"{folder.root} is a file: the run folder to write (--out) must be a folder")
     joined = distributed.init_from_env(resolve_device(config.train.device))
     try:
         with ExitStack() as stack:
@@ -331,8 +335,8 @@ def report_run(run_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{folder.root} has no {', '.join(missing)}: run `medad train` or `medad evaluate` "
                                 "first")
     results = ResultSet.load(folder.predictions)
-    metrics = json.loads(folder.metrics.read_text())
+    metrics = read_json(folder.metrics)
     model_dir = folder.model_of(metrics)
-    meta = json.loads((model_dir / "model.json").read_text()) if model_dir else {}
+    meta = read_json(model_dir / "model.json") if model_dir else {}
     top_k = meta.get("config", {}).get("evaluation", {}).get("top_k", 8)
     return _render(folder, results, metrics, meta.get("history", []), top_k)

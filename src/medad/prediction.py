@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image
 
-from medad.atomic import atomic_file
+from medad.atomic import WriteError, atomic_file
 from medad.data.folder import FileItem
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
@@ -156,6 +156,8 @@ def _writing_to(out: Path) -> Iterator[None]:
     :class:`~medad.data.readers.ImageReadError`) as one line naming ``out``."""
     try:
         yield
+    except WriteError:  # names its file already (scores.csv)
+        raise
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write the predictions to {out}: {exc.strerror or exc}; no scores.csv "
                                  "was written") from exc

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from medad.data.imageset import ABNORMAL, NORMAL, UNKNOWN, ImageSet
-from medad.data.manifest import sha256_file
 from medad.data.preprocess import check_mask_shape, resize_masks, to_tensor_batch
 from medad.data.readers import (
     IMAGE_EXTENSIONS,
@@ -51,6 +50,7 @@ from medad.data.readers import (
     read_mask,
     stem_of,
 )
+from medad.files import sha256_file
 
 log = logging.getLogger("medad.data")
 

@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from medad.data.imageset import NORMAL, ImageSet
+from medad.atomic import atomic_write_text
 
 ROLES = ("train", "val", "test-normal", "test-abnormal", "unlabeled", "labelled-val")
 FIELDS = ("id", "role", "sha256", "label", "defect")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, order=True)
@@ -72,10 +65,12 @@ class Manifest:
         return hashlib.sha256(json.dumps(sorted(astuple(r) for r in self.rows)).encode()).hexdigest()
 
     def write_csv(self, path: str | Path) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(FIELDS)
-            writer.writerows(astuple(r) for r in self.rows)
+        """Write the manifest (atomically: :func:`medad.atomic.atomic_write_text`)."""
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(FIELDS)
+        writer.writerows(astuple(r) for r in self.rows)
+        atomic_write_text(path, text.getvalue())
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Manifest:

@@ -38,6 +38,7 @@ import torch
 from medad.data.imageset import ABNORMAL, NORMAL, UNKNOWN, ImageSet
 from medad.data.preprocess import to_tensor_batch
 from medad.data.readers import MIN_SIDE, ImageReadError, to_channels
+from medad.files import unreadable_arrays
 
 log = logging.getLogger("medad.data")
 
@@ -147,7 +148,7 @@ def _open_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ImageReadError(path, f"not a readable .npz file ({exc})") from None
+        raise ImageReadError(path, f"not a readable .npz file ({unreadable_arrays(exc)})") from None
 
 
 def _checked_images(path: Path, arrays: dict[str, np.ndarray], key: str) -> np.ndarray:

@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 
+class NonFiniteFeatures(ValueError):
+    """The encoder gave NaN/Inf embeddings or feature maps: its weights diverged in pre-training,
+    or the images hold values it cannot handle (:meth:`medad.model.AnomalyDetector.fit` says which
+    to suspect)."""
+
+
 class DetectorParams(BaseModel):
     """Base class of each detector's validated parameters."""
 

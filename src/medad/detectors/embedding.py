@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from medad.augment.context import context_transform
 from medad.augment.tta import tta_view
-from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams, NonFiniteFeatures
 from medad.device_policy import autocast_for
 from medad.models.resnet import LAYERS
 from medad.runtime import batches, module_device
@@ -116,7 +116,7 @@ def embed_view(
     z = torch.cat(parts)
     bad = int((~torch.isfinite(z)).any(-1).sum())
     if bad:
-        raise ValueError(f"the encoder produced NaN/Inf embeddings for {bad} of {len(z)} images")
+        raise NonFiniteFeatures(f"the encoder produced NaN/Inf embeddings for {bad} of {len(z)} images")
     return z
 
 

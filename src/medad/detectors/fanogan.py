@@ -37,7 +37,7 @@ from medad.models.decoder import backbone_from_spec, backbone_spec, copy_weights
 from medad.models.gan import (
     ConvEncoder, Critic, Generator, LatentEncoder, gradient_penalty, wgan_critic_loss, wgan_generator_loss,
 )
-from medad.train.core import optimizer_step, run_epochs, shuffled_batches
+from medad.train.core import divergence_hint, optimizer_step, run_epochs, shuffled_batches
 from medad.train.networks import LoopCheckpoint, train_network
 
 log = logging.getLogger("medad")
@@ -146,7 +146,8 @@ class FAnoGANDetector(ReconstructionDetector):
         steps = [resumed.get("step", 0)]  # critic steps so far: the generator steps on every critic_iters-th
         # fp32 whatever the policy (the gradient penalty is not measured in bf16); only its host reads
         check = policy_for(device).eager_checks
-        error = f"fanogan critic: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})"
+        hint = divergence_hint("the detector's params.lr", p.lr)
+        error = f"fanogan critic: loss became {{loss}} at epoch {{epoch}}; {hint}"
 
         def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
             x = images[idx].to(device)
@@ -161,8 +162,8 @@ class FAnoGANDetector(ReconstructionDetector):
             if steps[0] % p.critic_iters == 0:
                 z = torch.randn(len(x), p.latent_dim, generator=rng).to(device)
                 optimizer_step(wgan_generator_loss(critic(gen(z))), opt_g,
-                               f"fanogan generator: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})",
-                               epoch, check=check)
+                               f"fanogan generator: loss became {{loss}} at epoch {{epoch}}; {hint}", epoch,
+                               check=check)
             return {"loss": value}
 
         def saved(record: dict) -> None:

@@ -42,7 +42,7 @@ from medad.models.decoder import (
 )
 from medad.models.gan import Critic
 from medad.ssim import ms_ssim, ms_ssim_map
-from medad.train.core import optimizer_step, run_epochs, shuffled_batches
+from medad.train.core import divergence_hint, optimizer_step, run_epochs, shuffled_batches
 from medad.train.networks import LoopCheckpoint
 
 log = logging.getLogger("medad")
@@ -250,7 +250,8 @@ class IGDDetector(ReconstructionDetector):
 
         run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, generator), epochs=p.epochs,
                    start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, after_epoch=saved,
-                   live=check, error=f"igd: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})")
+                   live=check, error="igd: loss became {loss} at epoch {epoch}; "
+                   + divergence_hint("the detector's params.lr", p.lr))
         self._refresh(images)
 
     def _step(self, model: IGDModel, opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
@@ -264,13 +265,14 @@ class IGDDetector(ReconstructionDetector):
         loss = (reconstruction_loss(x, rec, p.rho).mean()
                 + p.lambda_h * gaussian_anomaly(z, model.mu, model.sigma2).mean()
                 + p.lambda_reg * model.critic(mixed).pow(2).mean())
-        value = optimizer_step(loss, opt_ae, f"igd: loss became {{loss}} at epoch {{epoch}}; lower its lr ({p.lr})",
-                               epoch, check=check)
+        hint = divergence_hint("the detector's params.lr", p.lr)
+        value = optimizer_step(loss, opt_ae, f"igd: loss became {{loss}} at epoch {{epoch}}; {hint}", epoch,
+                               check=check)
         critic_loss = acai_critic_loss(
             model.critic(mixed.detach()), alpha[:, 0], model.critic(p.gamma * x + (1 - p.gamma) * rec.detach())
         )
-        optimizer_step(critic_loss, opt_critic, f"igd critic: loss became {{loss}} at epoch {{epoch}}; lower its lr "
-                       f"({p.lr})", epoch, check=check)
+        optimizer_step(critic_loss, opt_critic, f"igd critic: loss became {{loss}} at epoch {{epoch}}; {hint}", epoch,
+                       check=check)
         return value
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams, NonFiniteFeatures
 from medad.detectors.maps import reduce_maps, smooth_maps
 from medad.device_policy import autocast_for
 from medad.linalg import spd_inverse
@@ -286,7 +286,7 @@ class PadimDetector(Detector):
                 with autocast_for(device):
                     features = patch_embeddings(batch.to(device), encoder, self.params.layers, self.index).float()
                 if not torch.isfinite(features).all():
-                    raise ValueError("the encoder produced NaN/Inf feature maps")
+                    raise NonFiniteFeatures("the encoder produced NaN/Inf feature maps")
                 out.append(fn(features))
             return out
         finally:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medad.detectors.base import Detector, DetectorOutput, DetectorParams
+from medad.detectors.base import Detector, DetectorOutput, DetectorParams, NonFiniteFeatures
 from medad.detectors.maps import smooth_maps
 from medad.device_policy import autocast_for
 from medad.runtime import batches, module_device
@@ -234,7 +234,7 @@ class PatchcoreDetector(Detector):
                 with autocast_for(device):
                     features = patch_features(batch.to(device), encoder, self.params.layers, self.params.patch_size)
                 if not torch.isfinite(features).all():
-                    raise ValueError("the encoder produced NaN/Inf feature maps")
+                    raise NonFiniteFeatures("the encoder produced NaN/Inf feature maps")
                 out.append(features.float())
             return out
         finally:

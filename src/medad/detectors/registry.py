@@ -1,4 +1,4 @@
-"""Detectors by name.
+"""Detectors by name (the names and modules: :mod:`medad.catalog`).
 
 >>> build_detector("nnd", {"k": 3}).params.k
 3
@@ -12,28 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from medad.detectors.autoencoders import AEUDetector, AutoEncoderDetector, MemAEDetector, MSSSIMAEDetector
+from medad import catalog
 from medad.detectors.base import Detector
-from medad.detectors.cosine import TemperatureCosineDetector
-from medad.detectors.dae import DAEDetector
-from medad.detectors.ddad import DDADDetector
 from medad.detectors.embedding import EmbeddingDetector
-from medad.detectors.fanogan import FAnoGANDetector
-from medad.detectors.gaussian import LikelihoodDetector, MahalanobisDetector
-from medad.detectors.igd import IGDDetector
-from medad.detectors.intensity import IntensityDetector
-from medad.detectors.knn import NearestNeighbourDetector
-from medad.detectors.padim import PadimDetector
-from medad.detectors.patchcore import PatchcoreDetector
 
-DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls
-    for cls in (
-        MahalanobisDetector, NearestNeighbourDetector, LikelihoodDetector, PadimDetector, TemperatureCosineDetector,
-        DDADDetector, AutoEncoderDetector, MemAEDetector, AEUDetector, MSSSIMAEDetector,
-        IGDDetector, FAnoGANDetector, DAEDetector, IntensityDetector, PatchcoreDetector,
-    )
-}
+DETECTORS: dict[str, type[Detector]] = catalog.resolve(catalog.DETECTORS)
 
 
 def detector_class(name: str) -> type[Detector]:

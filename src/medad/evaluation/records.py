@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medad.atomic import atomic_file
+from medad.files import unreadable_arrays
 
 _ARRAY_FIELDS = ("anomaly_map", "mask", "image", "projection")
 
@@ -110,23 +112,31 @@ class ResultSet(Sequence[ImageResult]):
 
     @classmethod
     def load(cls, path: str | Path) -> ResultSet:
-        """Read a file written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            names = [str(n) for n in z["score_names"]]
-            results = [
-                ImageResult(
-                    id=str(z["ids"][i]),
-                    score=float(z["score"][i]),
-                    label=None if z["label"][i] < 0 else int(z["label"][i]),
-                    defect=str(z["defect"][i]),
-                    scores={n: float(z["all_scores"][i, k]) for k, n in enumerate(names)},
-                    prediction=None if z["prediction"][i] < 0 else int(z["prediction"][i]),
-                    role=str(z["role"][i]),
-                )
-                for i in range(len(z["ids"]))
-            ]
-            for name in _ARRAY_FIELDS:
-                if f"{name}_index" in z:
-                    for row, i in enumerate(z[f"{name}_index"]):
-                        setattr(results[int(i)], name, z[name][row])
+        """Read a file written by :meth:`save`; one line naming it if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                z = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is not a predictions file medad can read ({unreadable_arrays(exc)})") from None
+        missing = sorted({"ids", "score", "label", "defect", "role", "prediction", "score_names", "all_scores"}
+                         - set(z))
+        if missing:
+            raise ValueError(f"{path} is not a medad predictions file (no {', '.join(missing)})")
+        names = [str(n) for n in z["score_names"]]
+        results = [
+            ImageResult(
+                id=str(z["ids"][i]),
+                score=float(z["score"][i]),
+                label=None if z["label"][i] < 0 else int(z["label"][i]),
+                defect=str(z["defect"][i]),
+                scores={n: float(z["all_scores"][i, k]) for k, n in enumerate(names)},
+                prediction=None if z["prediction"][i] < 0 else int(z["prediction"][i]),
+                role=str(z["role"][i]),
+            )
+            for i in range(len(z["ids"]))
+        ]
+        for name in _ARRAY_FIELDS:
+            if f"{name}_index" in z:
+                for row, i in enumerate(z[f"{name}_index"]):
+                    setattr(results[int(i)], name, z[name][row])
         return cls(results)

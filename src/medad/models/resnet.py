@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from medad.config import EncoderConfig
+from medad.files import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,13 @@ def load_encoder_weights(encoder: ResNetEncoder, path: str | Path) -> None:
     stripped; a torchvision ``fc.*`` classifier is dropped; a ``conv1`` trained on 3 channels is
     summed over its input channels for a 1-channel encoder (a grey image repeated 3 times gives
     the same response), and a 1-channel ``conv1`` is repeated / 3 for a 3-channel one. Anything
-    else that does not match raises ``ValueError`` listing missing, unexpected and mis-shaped keys.
+    else that does not match raises ``ValueError`` (one line) listing missing, unexpected and
+    mis-shaped keys; a file with pickled objects is refused (:func:`medad.files.load_tensors`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = load_tensors(path)
     state = adapt_state_dict(_unwrap(raw, path), encoder)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
@@ -196,12 +198,12 @@ def load_encoder_weights(encoder: ResNetEncoder, path: str | Path) -> None:
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or mis_shaped:
+        listings = [_listing(title, items) for title, items in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)) if items]
         raise ValueError(
             f"weights {path} do not fit ResNetEncoder(in_channels={encoder.in_channels}, "
-            f"width={encoder.width}, stem={encoder.stem!r}); check encoder.width/stem and data.channels.\n"
-            + _listing("missing keys", missing)
-            + _listing("unexpected keys", unexpected)
-            + _listing("shape mismatches", mis_shaped)
+            f"width={encoder.width}, stem={encoder.stem!r}); check encoder.width/stem and data.channels: "
+            + "; ".join(listings)
         )
     encoder.load_state_dict(state)
     log.info("loaded encoder weights from %s", path)
@@ -243,7 +245,5 @@ def _unwrap(raw: object, path: Path) -> Mapping[str, Tensor]:
 
 
 def _listing(title: str, items: list[str], limit: int = 10) -> str:
-    if not items:
-        return ""
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"  {title} ({len(items)}): {', '.join(items[:limit])}{more}\n"
+    return f"{title} ({len(items)}): {', '.join(items[:limit])}{more}"

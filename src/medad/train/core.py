@@ -9,7 +9,9 @@ caller's hooks before and after every epoch (checkpoints, validation, logging, s
 :func:`optimizer_step` is the one place that checks a loss is finite before stepping on it, where
 reading it back is free (a CPU: :attr:`medad.device_policy.ComputePolicy.eager_checks`); on a GPU
 the step values stay on the device and :func:`run_epochs` reads them, and checks the loss, once per
-epoch, so that no step waits for the GPU.
+epoch, so that no step waits for the GPU. :func:`check_weights` catches weights that diverged while
+the loss stayed finite (e.g. BatchNorm statistics overflowing at a huge learning rate); both say
+what to do (:func:`divergence_hint`).
 
 >>> import torch
 >>> net = torch.nn.Linear(2, 1)
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from medad.progress import progress_bar
 
@@ -39,6 +41,25 @@ Step = Callable[[Tensor, int, float], dict[str, "Tensor | float"]]
 """One mini-batch: ``step(indices, epoch, done)`` with ``done`` the share of the run finished
 before this batch; returns the values to log for it (e.g. ``{"loss": tensor(0.31)}``), as 0-d
 tensors left on their device, or floats."""
+
+
+def divergence_hint(setting: str, lr: float) -> str:
+    """What to do about a training that produced NaN/Inf: ``setting`` names the learning rate.
+
+    >>> divergence_hint("train.lr / --lr", 1e6)
+    'lower the learning rate (train.lr / --lr, now 1e+06) or check the input images'
+    """
+    return f"lower the learning rate ({setting}, now {lr:g}) or check the input images"
+
+
+def check_weights(module: nn.Module, error: str) -> None:
+    """Raise ``FloatingPointError(error.format(name=...))`` naming the first parameter or buffer of
+    ``module`` that holds NaN/Inf: a loss can stay finite while weights diverge (normalised
+    embeddings, BatchNorm), and a checkpoint must not be written from them."""
+    weights = {name: value for name, value in module.state_dict().items() if value.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in weights.values()]) if weights else torch.ones(0)
+    if not finite.all():  # one read back from the device for the whole module
+        raise FloatingPointError(error.format(name=list(weights)[int((~finite).nonzero()[0])]))
 
 
 def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, error: str, epoch: int, *,

@@ -35,8 +35,8 @@ from medad import distributed
 from medad.config import TrainConfig
 from medad.device_policy import ComputePolicy, StagedImages
 from medad.methods.base import PretrainMethod
-from medad.train.checkpoint import load_checkpoint, save_checkpoint
-from medad.train.core import optimizer_step, run_epochs
+from medad.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from medad.train.core import check_weights, divergence_hint, optimizer_step, run_epochs
 from medad.train.selection import CheckpointScore, choose_checkpoint
 
 log = logging.getLogger("medad.train")
@@ -193,9 +193,8 @@ def train_method(
                 f"cannot resume from {ckpt}: it was written by {meta.get('world_size', 1)} training process(es), "
                 f"this run has {world}; resume with the same --nproc"
             )
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        for target, key in ((method, "method"), (optimizer, "optimizer"), (schedule, "schedule")):
+            load_state(target, state[key], ckpt, key)
         _set_rng_state(state["rng_ranks"][rank] if world > 1 else state["rng"], device)
         history = meta["history"]
         start_epoch = int(meta["epoch"]) + 1
@@ -241,8 +240,7 @@ def train_method(
     step_model = _parallel(method, device) if distributed.active() else method
     staged = policy.stage(train_images)
     staged_val = policy.stage(val_images) if val_images is not None and len(val_images) >= 2 else None
-    error = (f"loss became {{loss}} at epoch {{epoch}}; lower the learning rate (train.lr={cfg.lr}, --lr) or check "
-             "the input images")
+    error = f"loss became {{loss}} at epoch {{epoch}}; {divergence_hint('train.lr / --lr', cfg.lr)}"
 
     def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
         method.on_train_step(done)
@@ -254,6 +252,8 @@ def train_method(
 
     def end_of_epoch(record: dict[str, Any]) -> None:
         epoch, seconds, images = record.pop("epoch"), record.pop("seconds"), record.pop("images")
+        check_weights(method, f"the weights ({{name}}) became NaN/Inf in epoch {epoch} while the loss stayed finite; "
+                              + divergence_hint("train.lr / --lr", cfg.lr))
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         schedule.step()
         # every rank saw as many images: the mean of the ranks' means is the mean over the global batches
@@ -291,7 +291,7 @@ def train_method(
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
     if chosen is not None:
         if chosen == best["epoch"] and chosen != history[-1]["epoch"]:
-            method.load_state_dict(best["state"])
+            load_state(method, best["state"], ckpt.with_name("best.pt") if ckpt else "the best epoch", "method")
         for record in history:
             record["selected"] = record["epoch"] == chosen
         if main:

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from medad.device_policy import policy_for
-from medad.train.checkpoint import load_checkpoint, save_checkpoint
-from medad.train.core import optimizer_step, run_epochs, shuffled_batches
+from medad.train.checkpoint import load_checkpoint, save_checkpoint, state_mismatch
+from medad.train.core import check_weights, divergence_hint, optimizer_step, run_epochs, shuffled_batches
 
 log = logging.getLogger("medad")
 
@@ -74,8 +74,8 @@ class _NetworkStore:
         try:
             apply(state)
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise ValueError(f"{name}: {path} does not fit this network ({exc}); delete it or run without "
-                             "--resume") from exc
+            raise ValueError(f"{name}: {path} does not fit this network ({state_mismatch(exc)}); delete it or run "
+                             "without --resume") from exc
         log.info("%s: loaded from %s (resumed)", name, path)
         return meta
 
@@ -119,7 +119,7 @@ def train_network(
     device batch by batch); returns the mean loss per epoch. With ``cosine`` the learning rate
     falls from ``lr`` to 0 over the run on a cosine, step by step (Loshchilov & Hutter 2017). A
     trailing batch of one image is dropped (BatchNorm cannot train on it). Raises
-    ``FloatingPointError`` on a non-finite loss. A progress bar named ``name`` shows epochs and loss
+    ``FloatingPointError`` on a non-finite loss or weights. A progress bar named ``name`` shows epochs and loss
     on a terminal (see :mod:`medad.progress`). Inside :func:`network_checkpoints` the trained
     network is saved, or loaded when resuming.
     """
@@ -139,8 +139,8 @@ def train_network(
     steps = epochs * sum(len(idx) >= 2 for idx in torch.arange(len(images)).split(batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
     generator = torch.Generator().manual_seed(seed)
-
-    error = f"{name}: loss became {{loss}} at epoch {{epoch}}; lower its lr ({lr})"
+    hint = divergence_hint("the detector's params.lr", lr)
+    error = f"{name}: loss became {{loss}} at epoch {{epoch}}; {hint}"
 
     def step(idx: Tensor, epoch: int, done: float) -> dict[str, Tensor]:
         with policy.autocast():
@@ -151,6 +151,7 @@ def train_network(
         return {"loss": value}
 
     def logged(record: dict) -> None:
+        check_weights(module, f"{name}: the weights ({{name}}) became NaN/Inf in epoch {record['epoch']}; {hint}")
         log.debug("%s epoch %d/%d loss %.5f", name, record["epoch"], epochs, record["loss"])
 
     module.train()
