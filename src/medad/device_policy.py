@@ -168,6 +168,6 @@ class StagedImages:
 
     def __getitem__(self, index: Tensor) -> Tensor:
         """The images at ``index`` as float32 on the device."""
-        if self.images.device == self.device:
-            return self.images[index.to(self.device)].float()
+        if self.images.device == self.device:  # a host index copied without waiting for the device
+            return self.images[index.to(self.device, non_blocking=True)].float()
         return self.images[index].to(self.device, non_blocking=True).float()
