@@ -52,7 +52,7 @@ from medad.detectors.maps import smooth_maps
 from medad.evaluation.metrics import pixel_auroc
 from medad.evaluation.pixel import oracle_dice, pro_score, segmentation_scores
 from medad.pipeline import train_run
-from medad.presets import PRESETS
+from medad.presets import PRESETS, deep_merge
 
 from lgg_position import position_matched_auroc  # benchmarks/ is on sys.path
 from results_table import append_row, load_rows, mean_std, run_path
@@ -71,6 +71,7 @@ DATASETS = {
     "lgg": Dataset("lgg_brain_mri_dev", 128, 3),
     "pneumoniamnist": Dataset("pneumoniamnist.npz", 64, 1),
     "breastmnist": Dataset("breastmnist.npz", 64, 1),
+    "covid224": Dataset("chest_xray_covid_224", 64, 1),  # trivial rows at 64 px, as its README
 }
 LGG_MANIFEST = DATA / "lgg_brain_mri_dev" / "manifest.csv"
 PIXEL_KEYS = ("pixel_auroc", "pro", "dice", "iou", "oracle_dice")
@@ -99,9 +100,12 @@ ROWS: dict[str, Row] = {
         "maps": PRESETS["brain-mri"].values["maps"],
         "evaluation": PRESETS["brain-mri"].values["evaluation"]}),
     "brain-mri": Row("preset", ("lgg",), preset="brain-mri", seeds=(0, 1, 2)),
-    "chest-xray": Row("preset", ("pneumoniamnist",), preset="chest-xray", seeds=(0, 1, 2)),
-    "breast-ultrasound": Row("preset", ("breastmnist",), preset="breast-ultrasound", seeds=(0, 1, 2)),
+    "chest-xray": Row("preset", ("pneumoniamnist", "covid224"), preset="chest-xray", seeds=(0, 1, 2)),
+    "breast-ultrasound": Row("preset", ("breastmnist", "covid224"), preset="breast-ultrasound", seeds=(0, 1, 2)),
     "generic": Row("preset", tuple(DATASETS), preset="generic", seeds=(0, 1, 2)),
+    # issue 29 item 5: the image statistics fused into generic's DAE (the candidate, measured beside it)
+    "generic + stats (fused)": Row("preset", tuple(DATASETS), preset="generic", seeds=(0, 1, 2), values={
+        "detector": {"also": ["stats"], "fuse": ["dae", "stats"]}}),
 }
 
 
@@ -136,6 +140,7 @@ COLUMNS = {
     "lgg": ("image_auroc", "posmatched_auroc", "image_ap", *PIXEL_KEYS, "features", "seconds"),
     "pneumoniamnist": ("image_auroc", "image_ap", "features", "seconds"),
     "breastmnist": ("image_auroc", "image_ap", "features", "seconds"),
+    "covid224": ("image_auroc", "image_ap", "features", "seconds"),
 }
 
 
@@ -206,7 +211,7 @@ def run_config(row: Row, dataset: str, seed: int) -> RunConfig:
     values = {"data": {"path": str(DATA / spec.path), "channels": spec.channels},
               "train": {"seed": seed, "progress": False}}
     if row.preset is not None:
-        return from_preset(row.preset, values)
+        return from_preset(row.preset, deep_merge(row.values, values))
     merged = {**row.values, "data": {**row.values.get("data", {}), **values["data"]},
               "train": {**row.values.get("train", {}), **values["train"]}}
     return RunConfig.model_validate(merged)

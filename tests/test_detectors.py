@@ -215,10 +215,12 @@ def test_the_catalog_names_every_class_by_its_own_name():
 
 def test_registry():
     assert set(DETECTORS) == {"mahalanobis", "nnd", "lh", "padim", "patchcore", "cosine",
-                              "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan", "dae", "intensity"}
+                              "ae", "memae", "ae_u", "msssim_ae", "ddad", "igd", "fanogan", "dae", "intensity",
+                              "stats"}
     assert EMBEDDING == ["cosine", "lh", "mahalanobis", "nnd"]
     assert applicable_detectors("nnd")[0] == "nnd" and set(applicable_detectors("nnd")) == set(EMBEDDING)
-    known = "ae, ae_u, cosine, dae, ddad, fanogan, igd, intensity, lh, mahalanobis, memae, msssim_ae, nnd, padim"
+    known = ("ae, ae_u, cosine, dae, ddad, fanogan, igd, intensity, lh, mahalanobis, memae, msssim_ae, nnd, padim, "
+             "patchcore, stats")
     with pytest.raises(ValueError, match=f"known detectors: {known}"):
         build_detector("nope")
     with pytest.raises(ValueError):

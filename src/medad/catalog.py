@@ -37,6 +37,7 @@ DETECTORS: dict[str, str] = {  # in this order in `detector.also: auto` (medad.d
     "fanogan": "medad.detectors.fanogan:FAnoGANDetector",
     "dae": "medad.detectors.dae:DAEDetector",
     "intensity": "medad.detectors.intensity:IntensityDetector",
+    "stats": "medad.detectors.statistics:ImageStatisticsDetector",
     "patchcore": "medad.detectors.patchcore:PatchcoreDetector",
 }
 

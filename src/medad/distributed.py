@@ -79,6 +79,9 @@ def shutdown() -> None:
         # a DistributedDataParallel wrapper left in a reference cycle (an interrupted run's
         # traceback) must go before its process group, or the process aborts at exit
         gc.collect()
+        # every rank's collectives finished before any tears the group down: a rank that destroys
+        # its gloo group while a peer still talks to it could abort at exit
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -86,12 +86,12 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``base``, recursively for nested mappings (a copy; inputs untouched)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -104,4 +104,4 @@ def merge_preset(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))} (see `medad list`)")
-    return _merge(PRESETS[name].values, raw)
+    return deep_merge(PRESETS[name].values, raw)
