@@ -18,7 +18,7 @@ from medad import experiment_log
 from medad.cli import app
 from medad.config import RunConfig
 from medad.data.synthetic import write_phantom_dataset
-from medad.pipeline import train_run
+from medad.pipeline import fingerprint, train_run
 from medad.train.core import run_epochs, shuffled_batches
 from tolerance import tolerance
 
@@ -148,11 +148,17 @@ def test_a_run_that_starts_over_deletes_the_old_log_and_without_log_writes_none(
     assert (tmp_path / "tensorboard" / "notes.txt").read_text() == "mine"  # and nothing else was touched
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("tb", "--log (train.log.0): Input should be 'tensorboard' (got 'tb')"),
+def test_logging_is_not_part_of_what_a_checkpoint_is_resumed_under(data):
+    assert fingerprint(_config(data), "m") == fingerprint(_config(data, log=[]), "m")
+    assert fingerprint(_config(data), "m") != fingerprint(_config(data, epochs=5), "m")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--log", "tb"], "--log (train.log.0): Input should be 'tensorboard' (got 'tb')"),
+    (["--set", "train.log=tb"], "--set train.log (train.log.0): Input should be 'tensorboard' (got 'tb')"),
 ])
-def test_an_unknown_log_is_one_line_naming_the_flag(tmp_path, value, message):
-    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--log", value])
+def test_an_unknown_log_is_one_line_naming_the_flag(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *args])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "r").exists()

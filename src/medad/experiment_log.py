@@ -171,13 +171,14 @@ class TensorBoardLog(ExperimentLog):
         self._writer = tensorboard.SummaryWriter(log_dir=str(self.directory))
 
     def _wait_for_a_later_second(self) -> None:
-        """Event files are read in name order and named by the second they were opened in:
-        a new file must sort after the folder's files (only a resume within a second of the
-        run it continues waits, for less than a second)."""
+        """Event files are read in name order and named by the second they were opened in: a new
+        file must sort after the folder's files (only a resume within a second of the run it
+        continues waits, for less than a second)."""
         opened = [int(m[1]) for p in self.directory.glob(EVENTS) if (m := re.match(r"events\.out\.tfevents\.(\d+)",
                                                                                    p.name))]
-        while opened and time.time() < max(opened) + 1:
-            time.sleep(0.02)
+        delay = max(opened, default=0) + 1 - time.time()
+        if 0 < delay <= 2:  # a file of this second (one from a clock far ahead is not waited for)
+            time.sleep(delay)
 
     def _write(self, summary: Any, step: int) -> None:
         """Write the values of ``summary`` whose (tag, step) the folder does not hold yet."""
