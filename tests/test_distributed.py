@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from medad import distributed
@@ -77,7 +78,8 @@ def test_medad_train_nproc_2_writes_one_run_with_the_loss_curve_of_one_process(t
     CliRunner().invoke(app, ["-q", "synth", "--out", str(data), "--size", "32", "--n-train", "64",
                              "--n-test-normal", "8", "--n-test-abnormal", "8"])
     args = ["train", "--data", str(data), "--method", "contrastive", "--detector", "mahalanobis", "--epochs", "3",
-            "--batch-size", "16", "--image-size", "32", "--set", "encoder.width=8", "--no-progress"]
+            "--batch-size", "16", "--image-size", "32", "--set", "encoder.width=8", "--no-progress",
+            "--log", "tensorboard"]  # an option torchrun would take for its --log-dir: medad passes it on
     runs = {}
     for nproc in (None, 1, 2):  # None: a plain process; 1: torchrun, a process group and DDP of one process
         out = tmp_path / f"run{nproc}"
@@ -96,6 +98,11 @@ def test_medad_train_nproc_2_writes_one_run_with_the_loss_curve_of_one_process(t
     assert meta["world_size"] == 2
     one, two = (np.array([h["loss"] for h in runs[n]]) for n in (1, 2))
     assert np.all(np.abs(two - one) < 0.1 * one), (one, two)
+    # rank 0 alone logs: one event file, one value per epoch, the run's (global) loss
+    [events] = (tmp_path / "run2" / "tensorboard").glob("events.out.tfevents.*")
+    logged = [(e.step, e.value) for e in EventAccumulator(str(events.parent)).Reload().Scalars("pretrain/loss")]
+    assert [step for step, _ in logged] == [1, 2, 3]
+    np.testing.assert_allclose([value for _, value in logged], two, **tolerance(torch.float32))
 
     # a 2-process checkpoint is not resumed by one process
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run2"), "--resume"])

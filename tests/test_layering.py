@@ -10,7 +10,7 @@ import medad
 # docs/architecture.md, "Floors": lowest first; a module may import its own floor and the ones below
 FLOORS = [
     {"config", "catalog", "files", "runtime", "device_policy", "linalg", "ssim", "progress", "distributed",
-     "presets", "budgets", "runlock", "runfolder", "atomic", "outputs"},
+     "presets", "budgets", "runlock", "runfolder", "atomic", "outputs", "experiment_log"},
     {"data", "augment", "evaluation", "report"},
     {"models"},
     {"methods"},

@@ -48,6 +48,7 @@ def test_run_writes_every_file(run):
     for name in ("config.yaml", "manifest.csv", "metrics.json", "predictions.npz", "report.html",
                  "model/model.pt", "model/model.json", "checkpoints/last.pt", "checkpoints/last.json"):
         assert (run_dir / name).is_file(), name
+    assert not (run_dir / "tensorboard").exists()  # no train.log / --log: no experiment log
     saved = json.loads((run_dir / "metrics.json").read_text())
     for key in ("image_auroc", "image_ap", "sensitivity", "specificity", "accuracy", "threshold",
                 "threshold_rule", "n_train", "n_test_normal", "n_test_abnormal", "train_seconds",

@@ -145,6 +145,10 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints/last.pt if it exists."),
     overwrite: bool = typer.Option(False, help="Replace a run already in OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    log: Optional[list[str]] = typer.Option(
+        None, "--log", help="Experiment log to write: tensorboard (OUT/tensorboard/: every epoch's losses, learning "
+        "rate and sensitivity score, the final figures; view with `tensorboard --logdir OUT/tensorboard`)."
+    ),
     nproc: Optional[int] = typer.Option(
         None, min=1, help="Training processes: starts torchrun with DistributedDataParallel (gloo on CPU, nccl on "
         "CUDA; 1 runs that path in one process); train.batch_size is the global batch. Same as "
@@ -168,6 +172,8 @@ def train(
 
         medad train --nproc 2 --preset chest-xray --data ../shared/data/pneumoniamnist.npz --out runs/cx
 
+        medad train --preset generic --data data/synthetic --out runs/demo --log tensorboard
+
         medad train --device cuda --budget paper --method con2 \\
             --data ../shared/data/chest_xray_covid_224 --out runs/con2
     """
@@ -177,7 +183,7 @@ def train(
                      image_size=image_size, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr,
                      seed=seed, device=device, precision=precision, progress=None if progress else False)
     names = {SHORTCUTS[k]: "--" + k.replace("_", "-") for k, v in shortcuts.items() if v is not None}
-    names.update({"data.unlabeled": "--unlabeled", "budget": "--budget"})  # config key -> flag, for errors
+    names.update({"data.unlabeled": "--unlabeled", "budget": "--budget", "train.log": "--log"})  # key -> flag
     metrics: dict = {}
     try:  # the config is validated before torch and the models are imported: errors come at once
         assignments = parse_assignments(set_)
@@ -185,6 +191,8 @@ def train(
         overrides = {**shortcut_overrides(**shortcuts), **assignments}
         if unlabeled is not None:  # a run-level input (the pipeline loads it), so not an API shortcut
             overrides["data.unlabeled"] = str(unlabeled)
+        if log:  # written by the pipeline into the run folder, so not an API shortcut either
+            overrides["train.log"] = list(log)
         cfg = resolve_config(config, preset=preset, budget=budget, overrides=overrides)
         start_torchrun = False
         if nproc is not None:  # only then: medad.distributed imports torch
@@ -213,12 +221,17 @@ def _torchrun(nproc: int) -> int:
     import subprocess
     import sys
 
-    args, rest = [], iter(sys.argv[1:])
-    for arg in rest:  # drop --nproc N (torchrun would read it as an abbreviation of its own option)
-        if arg == "--nproc":
-            next(rest, None)
+    args, logs, rest = [], [], iter(sys.argv[1:])
+    for arg in rest:  # torchrun would read --nproc and --log as abbreviations of its own options (--log-dir)
+        if arg in ("--nproc", "--log"):
+            value = next(rest, None)
+            logs += [value] if arg == "--log" and value is not None else []
+        elif arg.startswith("--log="):
+            logs.append(arg.partition("=")[2])
         elif not arg.startswith("--nproc="):
             args.append(arg)
+    if logs:  # --nproc N drops out; --log X goes as the config value it sets
+        args += ["--set", f"train.log=[{', '.join(logs)}]"]
     if "train" not in args:
         raise RuntimeError("--nproc works from the medad command line; in Python, start torchrun yourself")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

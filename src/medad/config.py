@@ -228,6 +228,16 @@ class TrainConfig(_Strict):
         64, ge=0, description="training normals held out for the sensitivity score (0 = do not compute it)"
     )
     progress: bool = True
+    log: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="experiment logs `medad train` writes: tensorboard = every epoch's "
+        "losses, learning rate and sensitivity score and the final figures in RUN/tensorboard/ (medad.experiment_log)"
+    )
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _one_log_is_a_list(cls, log: Any) -> Any:
+        """``log: tensorboard`` in a YAML file means ``[tensorboard]``."""
+        return [log] if isinstance(log, str) else log
 
 
 class EvalConfig(_Strict):

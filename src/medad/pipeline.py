@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from medad import distributed
+from medad import distributed, experiment_log
 from medad.atomic import atomic_write_text
 from medad.config import RunConfig, save_config
 from medad.data.imageset import ImageSet
@@ -199,7 +199,7 @@ def _jsonable(value: Any) -> Any:
 def fingerprint(config: RunConfig, manifest_digest: str) -> str:
     """Hash of what defines the trained weights (not progress bars, devices or thread counts)."""
     data = config.model_dump(mode="json")
-    for key in ("progress", "device", "threads", "checkpoint_every"):
+    for key in ("progress", "device", "threads", "checkpoint_every", "log"):
         data["train"].pop(key, None)
     if data["train"].get("warmup_epochs") == 0:  # added later: off = the runs checkpointed before it
         data["train"].pop("warmup_epochs")
@@ -225,6 +225,7 @@ def train_run(
     if config.data.path is None:
         raise ValueError("no data: pass --data PATH or set data.path in the config")
     check_params(config)  # before the folder is created and any image read
+    experiment_log.check_available(config.train.log)
     folder = RunFolder(run_dir)
     if folder.root.exists() and not folder.root.is_dir():
         raise NotADirectoryError(f"{folder.root} is a file: the run folder to write (--out) must be a folder")
@@ -263,30 +264,36 @@ def _train_locked(config: RunConfig, folder: RunFolder, resume: bool) -> dict[st
             log.warning("skipped %s: %s", bad_id, reason)
         splits.manifest.write_csv(folder.manifest)
         save_config(config, folder.config)
+        if not resume:  # a run that starts over does not continue the curves of the one it replaces
+            experiment_log.clear_events(folder.tensorboard)
     digest = splits.manifest.digest()
     log.info("data: %d train, %d val, %d test images", len(splits.train), len(splits.val),
              0 if splits.test is None else len(splits.test))
     model = AnomalyDetector(config)
-    model.fit(
-        splits.train, splits.val,
-        unlabeled=splits.unlabeled,
-        checkpoint_path=folder.checkpoint,
-        resume=resume,
-        fingerprint=fingerprint(config, digest),
-    )
-    if not main:
-        return {}
-    model.manifest_sha256_ = digest
-    model.save(folder.model)
-    method = model.method_  # the trained method, heads included
-    method.example_figure(model.prepare(splits.train.images[:4]),
-                          folder.figures / f"{config.method.name}_examples.png")
-    val = model.prepare(splits.val)
-    return write_evaluation(
-        model, splits.test, folder, model_dir=folder.model, val=splits.val, val_scored=model.validation_pass_,
-        labelled_val=splits.labelled_val,
-        dataset=Path(config.data.path).name, diagnostics=method.diagnostics(val) | model.diagnostics(val),
-    )
+    with experiment_log.logging_to(experiment_log.open_log(config.train.log if main else [], folder.tensorboard)
+                                   ) as run_log:
+        model.fit(
+            splits.train, splits.val,
+            unlabeled=splits.unlabeled,
+            checkpoint_path=folder.checkpoint,
+            resume=resume,
+            fingerprint=fingerprint(config, digest),
+        )
+        if not main:
+            return {}
+        model.manifest_sha256_ = digest
+        model.save(folder.model)
+        method = model.method_  # the trained method, heads included
+        method.example_figure(model.prepare(splits.train.images[:4]),
+                              folder.figures / f"{config.method.name}_examples.png")
+        val = model.prepare(splits.val)
+        metrics = write_evaluation(
+            model, splits.test, folder, model_dir=folder.model, val=splits.val, val_scored=model.validation_pass_,
+            labelled_val=splits.labelled_val,
+            dataset=Path(config.data.path).name, diagnostics=method.diagnostics(val) | model.diagnostics(val),
+        )
+        run_log.final(_jsonable(metrics), config.model_dump(mode="json"), step=metrics["epochs"])
+    return metrics
 
 
 def evaluate_run(

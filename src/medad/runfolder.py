@@ -7,6 +7,7 @@ A training run writes::
     model/             model.pt (tensors, weights_only) + model.json (metadata, threshold)
     checkpoints/       last.pt + last.json, the resumable training state (best.pt, networks/)
     figures/           the method's example figure(s), shown in the report
+    tensorboard/       with `--log tensorboard`: the experiment log (event files; medad.experiment_log)
     metrics.json       image (and pixel) metrics of every score, threshold and its rule
     predictions.npz    the per-image result records the report is drawn from
     report.html        self-contained report
@@ -48,6 +49,7 @@ class RunFolder:
     model = property(lambda self: self.root / "model")
     checkpoint = property(lambda self: self.root / "checkpoints" / "last.pt")
     figures = property(lambda self: self.root / "figures")
+    tensorboard = property(lambda self: self.root / "tensorboard")
     metrics = property(lambda self: self.root / "metrics.json")
     predictions = property(lambda self: self.root / "predictions.npz")
     report = property(lambda self: self.root / "report.html")

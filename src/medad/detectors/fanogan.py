@@ -171,7 +171,7 @@ class FAnoGANDetector(ReconstructionDetector):
             log.debug("fanogan WGAN-GP epoch %d/%d critic loss %.5f", record["epoch"], p.epochs, record["loss"])
 
         run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, rng), epochs=p.epochs,
-                   start=resumed["epoch"], name="fanogan WGAN-GP", after_epoch=saved, live=check, error=error)
+                   start=resumed["epoch"], name="fanogan WGAN-GP", checkpoint=saved, live=check, error=error)
         gen.eval()
         critic.eval()
 

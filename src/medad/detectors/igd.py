@@ -249,7 +249,7 @@ class IGDDetector(ReconstructionDetector):
                       {k: round(v, 5) for k, v in record.items() if k.startswith("loss")})
 
         run_epochs(step, lambda epoch: shuffled_batches(len(images), p.batch_size, generator), epochs=p.epochs,
-                   start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, after_epoch=saved,
+                   start=checkpoint.restore()["epoch"], name="igd", before_epoch=refresh, checkpoint=saved,
                    live=check, error="igd: loss became {loss} at epoch {epoch}; "
                    + divergence_hint("the detector's params.lr", p.lr))
         self._refresh(images)

@@ -5,7 +5,8 @@ Pre-training (:func:`medad.train.loop.train_method`), the detectors' networks
 differ in what one mini-batch step does and in what they keep between epochs, not in the loop:
 :func:`run_epochs` draws each epoch's index batches, calls the caller's ``step`` on every batch,
 averages what it returns (weighted by batch size), draws the progress bar, and calls the
-caller's hooks before and after every epoch (checkpoints, validation, logging, schedules).
+caller's hooks before and after every epoch (checkpoints, validation, logging, schedules), and
+hands every epoch's record to the experiment log (:mod:`medad.experiment_log`).
 :func:`optimizer_step` is the one place that checks a loss is finite before stepping on it, where
 reading it back is free (a CPU: :attr:`medad.device_policy.ComputePolicy.eager_checks`); on a GPU
 the step values stay on the device and :func:`run_epochs` reads them, and checks the loss, once per
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medad import experiment_log
 from medad.progress import progress_bar
 
 Step = Callable[[Tensor, int, float], dict[str, "Tensor | float"]]
@@ -96,16 +98,20 @@ def run_epochs(
     show: bool | None = None,
     before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    log_as: str | None = None,
     live: bool = True,
     error: str = "{name}: loss became {loss} at epoch {epoch}; lower the learning rate or check the input images",
 ) -> list[dict[str, Any]]:
     """Epochs ``start + 1 .. epochs`` of ``step`` over ``batches(epoch)``; returns one record per
     epoch: ``epoch``, the batch-size-weighted mean of every value ``step`` returned, ``seconds``
     and ``images`` (seen in the epoch). ``before_epoch(epoch)`` runs before the epoch's batches are
-    drawn, ``after_epoch(record)`` after its last step and may add to the record (a checkpoint is
-    written there, so that a resumed run starts at the next epoch). The bar (``show``: see
-    :func:`medad.progress.progress_bar`) shows ``name``, the epoch, the batches and, when ``live``
-    (reading the values back is free: a CPU), the running loss.
+    drawn, ``after_epoch(record)`` after its last step and may add to the record. The record then
+    goes to the experiment log (:func:`medad.experiment_log.current`, tags ``<log_as>/<key>``,
+    ``log_as`` defaulting to ``name``), and ``checkpoint(record)`` runs last: an epoch saved in a
+    checkpoint (from which a resumed run starts at the next epoch) is always in the log too. The
+    bar (``show``: see :func:`medad.progress.progress_bar`) shows ``name``, the epoch, the batches
+    and, when ``live`` (reading the values back is free: a CPU), the running loss.
 
     The values are summed in float64 where the step left them and read once per epoch; a
     non-finite mean ``loss`` raises ``FloatingPointError(error.format(name=..., loss=..., epoch=...))``
@@ -133,5 +139,8 @@ def run_epochs(
             record: dict[str, Any] = {"epoch": epoch, **means, "seconds": time.perf_counter() - t0, "images": seen}
             if after_epoch is not None:
                 after_epoch(record)
+            experiment_log.current().epoch(log_as or name, record)
+            if checkpoint is not None:
+                checkpoint(record)
             history.append(record)
     return history

@@ -250,6 +250,9 @@ def train_method(
         method.after_optimizer_step()
         return values | {key: value.detach() for key, value in terms.items() if key != "loss"}
 
+    def checkpoint_epoch(epoch: int) -> bool:
+        return epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+
     def end_of_epoch(record: dict[str, Any]) -> None:
         epoch, seconds, images = record.pop("epoch"), record.pop("seconds"), record.pop("images")
         check_weights(method, f"the weights ({{name}}) became NaN/Inf in epoch {epoch} while the loss stayed finite; "
@@ -264,13 +267,12 @@ def train_method(
                       images_per_second=images * world / seconds if seconds > 0 else math.nan, lr=lr, **terms)
         if staged_val is not None:
             record["val_loss"] = _validation_loss(method, staged_val, cfg, policy)
-        checkpoint_epoch = epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
-        if sensitivity is not None and checkpoint_epoch:
+        if sensitivity is not None and checkpoint_epoch(epoch):
             # rank 0's encoder decides (the ranks' BatchNorm statistics differ slightly)
             record["sensitivity"] = distributed.broadcast_object(sensitivity(method.encoder) if main else None)
             record["sensitivity_se"] = sensitivity.standard_error(record["sensitivity"])
             consider(epoch, record["sensitivity"])
-        history.append(record)  # before saving: the checkpoint holds the history up to this epoch
+        history.append(record)  # before saving (run_epochs' checkpoint hook): the checkpoint holds the history
         if main:
             log.info(
                 "epoch %d/%d  loss %.4f%s%s  %.1f img/s",
@@ -281,13 +283,16 @@ def train_method(
                 f"  sensitivity_score {record['sensitivity']:.4f}" if "sensitivity" in record else "",
                 record["images_per_second"],
             )
-        if checkpoint_epoch:
-            save(epoch)
+
+    def save_after_logging(record: dict[str, Any]) -> None:
+        if checkpoint_epoch(record["epoch"]):
+            save(record["epoch"])
 
     with policy.activate():
         run_epochs(step, lambda epoch: epoch_batches(len(train_images), batch_size, cfg.seed, epoch, rank, world),
                    epochs=cfg.epochs, start=start_epoch - 1, name="epoch", show=cfg.progress and main,
-                   after_epoch=end_of_epoch, live=policy.eager_checks, error=error)
+                   after_epoch=end_of_epoch, checkpoint=save_after_logging, log_as="pretrain",
+                   live=policy.eager_checks, error=error)
     chosen = choose_checkpoint(history, cfg.select_margin) if selecting else None
     if chosen is not None:
         if chosen == best["epoch"] and chosen != history[-1]["epoch"]:
