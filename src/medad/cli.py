@@ -279,6 +279,9 @@ def predict(
     save_maps: bool = typer.Option(False, help="Also write the raw maps (maps/*.npy) and the lesion masks at the "
                                    "pixel threshold (masks/*.png); for NIfTI inputs also one volume each "
                                    "(maps/*.nii.gz, masks/*.nii.gz) in the input's shape and affine."),
+    dicom_out: bool = typer.Option(False, help="For DICOM inputs, also write a DICOM Segmentation of the lesion mask "
+                                   "and a Secondary Capture of the heatmap overlay in the source's study "
+                                   "(dicom/*.seg.dcm, dicom/*.sc.dcm); needs a model with anomaly maps."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     overwrite: bool = typer.Option(False, help="Write into a folder that is not empty: first delete the files an "
                                    "earlier `medad predict` wrote there (other files are kept)."),
@@ -296,7 +299,7 @@ def predict(
         if scores not in ("primary", "all"):
             raise ValueError(f"--scores must be primary or all, got {scores!r}")
         path = predict_run(model, inputs, out, batch_size=batch_size, scores=scores,  # type: ignore[arg-type]
-                           device=device, heatmaps=heatmaps, save_maps=save_maps,
+                           device=device, heatmaps=heatmaps, save_maps=save_maps, dicom_out=dicom_out,
                            progress=None if progress else False, overwrite=overwrite)
     except _USER_ERRORS as exc:
         _fail(exc)

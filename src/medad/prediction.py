@@ -13,7 +13,10 @@ the validation normals (the same image looks the same whatever else is predicted
 colour bar. With ``save_maps`` the raw maps go to ``maps/`` (``.npy``) and the binary lesion
 masks at the model's pixel threshold to ``masks/`` (PNG), under the same names; the slices of a
 NIfTI input are also written back as one volume per input file (``maps/<name>.nii.gz`` and
-``masks/<name>.nii.gz``, in the input's shape and affine: :mod:`medad.data.writers`).
+``masks/<name>.nii.gz``, in the input's shape and affine: :mod:`medad.data.writers`). With
+``dicom_out`` every DICOM input also gets a DICOM Segmentation of its lesion mask and a Secondary
+Capture of its heatmap overlay, in its own Rows x Columns and study (``dicom/<name>.seg.dcm``,
+``dicom/<name>.sc.dcm``: :mod:`medad.data.dicom_outputs`).
 
 No file is scored twice: a file found again (an input given twice or inside another, a link to a
 file or folder already found, a folder linking to itself) is skipped with a warning. The output
@@ -35,18 +38,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import torch
 from PIL import Image
 
 from medad.atomic import WriteError, atomic_file
+from medad.data.dicom_outputs import SC_SUFFIX, SEG_SUFFIX, DicomOutputError, OutputSeries, read_source, \
+    write_dicom_outputs
 from medad.data.folder import FileItem
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
+    ImageReadError,
     dicom_identifiers,
     is_dicom,
     list_image_files,
+    read_images,
     stem_of,
 )
-from medad.data.writers import slice_index, write_nifti_maps
+from medad.data.writers import resize_map, slice_index, write_nifti_maps
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.outputs import OutputFolder
@@ -123,13 +131,15 @@ def predict_run(
     device: str | None = None,
     heatmaps: bool = True,
     save_maps: bool = False,
+    dicom_out: bool = False,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Score the images under ``inputs`` with the model in ``model_dir`` (a run or model folder, on
     ``device``, default the model's own; or an ``.onnx`` file from ``medad export``, run by
     onnxruntime on the CPU) into ``out_dir`` (empty, or ``overwrite``: see the module docstring);
-    returns the path of ``scores.csv``."""
+    returns the path of ``scores.csv``. ``dicom_out``: a DICOM SEG and SC per DICOM input
+    (:func:`_save_dicom`); the model must give anomaly maps and a pixel threshold."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if Path(model_dir).suffix.lower() == ".onnx":  # an exported graph (`medad export`): its primary score only
@@ -141,13 +151,16 @@ def predict_run(
     else:
         model = AnomalyDetector.load(model_dir, device)
     names = model.fitted_scores if scores == "all" else [model.primary]
+    if dicom_out and model.pixel_threshold_ is None:
+        raise ValueError(f"--dicom-out writes lesion masks: it needs a model whose primary score ({model.primary}) "
+                         f"gives anomaly maps and a pixel threshold (e.g. --detector padim); {model_dir} has none")
     out = Path(out_dir)
     with RunLock(out), OutputFolder(out, "predict") as folder:
         folder.claim(overwrite)
         files = output_names(inputs)
         with _writing_to(out):
             return _write_predictions(model, files, folder, names, batch_size=batch_size, heatmaps=heatmaps,
-                                      save_maps=save_maps, progress=progress)
+                                      save_maps=save_maps, dicom_out=dicom_out, progress=progress)
 
 
 @contextmanager
@@ -164,14 +177,20 @@ def _writing_to(out: Path) -> Iterator[None]:
 
 
 def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Path, Path]], folder: OutputFolder,
-                       names: list[str], *, batch_size: int, heatmaps: bool, save_maps: bool,
+                       names: list[str], *, batch_size: int, heatmaps: bool, save_maps: bool, dicom_out: bool,
                        progress: bool | None) -> Path:
     """The body of :func:`predict_run`: score ``files`` in batches, write ``scores.csv`` (complete
-    or not at all), the heatmaps and maps into ``folder``."""
+    or not at all), the heatmaps, maps and DICOM outputs into ``folder``."""
     preprocessor = model.preprocessor
     painter: HeatmapWriter | None = None
     scored = skipped = 0
     dicom = any(is_dicom(f) for f, _ in files)  # DICOM identifiers as columns when there are DICOM files
+    series: dict[str, OutputSeries] = {}  # the DICOM outputs' series, one pair per source series
+    if dicom_out:
+        others = [str(f) for f, _ in files if not is_dicom(f)]
+        if others:
+            log.warning("--dicom-out: %d of %d inputs are not DICOM files and get no DICOM outputs: %s%s",
+                        len(others), len(files), ", ".join(others[:3]), ", ..." if len(others) > 3 else "")
     target = folder.path("scores.csv")
     with atomic_file(target, "w", newline="") as fh, progress_bar(progress) as bar:
         writer = csv.writer(fh)
@@ -197,18 +216,22 @@ def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Pat
                 writer.writerow([image_id, f"{values[i]:.6g}", label, quantile,
                                  *(f"{o.scores[i]:.6g}" for o in outputs.values()), *ids])
             where = {str(f): name for f, name in chunk}
-            if save_maps and primary.maps is not None:
-                _save_maps(folder, images.ids, primary.maps.cpu().numpy(), where, model.pixel_threshold_)
-            if heatmaps and primary.maps is not None:
-                maps = primary.maps.cpu().numpy()
+            maps = None if primary.maps is None else primary.maps.cpu().numpy()
+            if save_maps and maps is not None:
+                _save_maps(folder, images.ids, maps, where, model.pixel_threshold_)
+            if (heatmaps or dicom_out) and maps is not None:
                 if painter is None:
                     if model.map_range_ is None:  # a model saved before the colour scale was stored
                         log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
                                     "scale of every heatmap is taken from the first batch; train again to fix it")
                     painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
-                for i, image_id in enumerate(images.ids):
-                    painter.save(to_uint8(images.images[i]), maps[i], _output_path(folder, "heatmaps", where,
-                                                                                     image_id, ".png"))
+                if heatmaps:
+                    for i, image_id in enumerate(images.ids):
+                        painter.save(to_uint8(images.images[i]), maps[i],
+                                     _output_path(folder, "heatmaps", where, image_id, ".png"))
+                if dicom_out:
+                    _save_dicom(folder, images.ids, maps, where, painter, model.pixel_threshold_,
+                                preprocessor.channels, series)
             scored += len(images)
         if scored == 0:
             raise ValueError(f"none of the {len(files)} given images could be read")
@@ -244,3 +267,32 @@ def _save_maps(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names
         write_nifti_maps(source, slices, folder.path("maps" / name))
         if pixel_threshold is not None:
             write_nifti_maps(source, slices, folder.path("masks" / name), threshold=pixel_threshold)
+
+
+def _save_dicom(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
+                painter: HeatmapWriter, pixel_threshold: float, channels: int,
+                series: dict[str, OutputSeries]) -> None:
+    """``--dicom-out``: for each DICOM file among ``ids``, ``dicom/<name>.seg.dcm`` (the lesion
+    mask) and ``dicom/<name>.sc.dcm`` (the heatmap overlay) in the source's geometry: the map
+    resized to the source's Rows x Columns as for a NIfTI input (:func:`resize_map`), the mask
+    that map above the pixel threshold, the overlay the heatmap's blend over the image as read at
+    its own size (:meth:`HeatmapWriter.overlay`). A source that cannot get them (multi-frame, no
+    Study UID, ...) is named in a warning, and the others are written."""
+    first: dict[str, int] = {}
+    for i, image_id in enumerate(ids):
+        first.setdefault(image_id.partition("#")[0], i)
+    for source, i in first.items():
+        if not is_dicom(Path(source)):
+            continue
+        try:
+            header = read_source(source)
+            (_, pixels), = read_images(source, channels)
+            source_map = resize_map(maps[i], int(header.Rows), int(header.Columns))
+            overlay = painter.overlay(to_uint8(torch.from_numpy(pixels)), source_map)
+            seg_path = _output_path(folder, "dicom", names, source, SEG_SUFFIX)
+            _output_path(folder, "dicom", names, source, SC_SUFFIX)  # recorded: written with the SEG
+            write_dicom_outputs(header, source_map > pixel_threshold, overlay, seg_path.parent,
+                                stem_of(names[source]), series=series.setdefault(str(header.SeriesInstanceUID),
+                                                                                 OutputSeries.new()))
+        except (DicomOutputError, ImageReadError) as exc:
+            log.warning("%s", exc)

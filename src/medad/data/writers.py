@@ -1,5 +1,6 @@
 """Writing results in the geometry of the file they came from: anomaly maps of NIfTI slices back
-into a NIfTI volume that overlays its input in a viewer (ITK-SNAP, 3D Slicer, FSLeyes).
+into a NIfTI volume that overlays its input in a viewer (ITK-SNAP, 3D Slicer, FSLeyes), and any
+map back to its source image's size (:func:`resize_map`; DICOM outputs: :mod:`medad.data.dicom_outputs`).
 
 The reader (:mod:`medad.data.readers`) turns slice ``z`` of a volume into the image
 ``rot90(volume[:, :, z])`` and resizes it to the model's square size; :func:`write_nifti_maps`
@@ -38,6 +39,19 @@ def slice_index(image_id: str) -> int | None:
     return int(part) if part.isdigit() else None
 
 
+def resize_map(anomaly_map: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A map at the model's size brought back to an image of ``rows`` x ``cols`` pixels (bilinear,
+    pixel centres aligned as in the reader's resize), float32; the same size is returned unchanged.
+    A lesion mask in the source's geometry is this map above the pixel threshold (NIfTI and DICOM
+    outputs alike).
+
+    >>> resize_map(np.array([[0.0, 1.0]]), 2, 4).tolist()
+    [[0.0, 0.25, 0.75, 1.0], [0.0, 0.25, 0.75, 1.0]]
+    """
+    tensor = torch.as_tensor(np.asarray(anomaly_map, np.float32))[None, None]
+    return F.interpolate(tensor, size=(rows, cols), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
 def write_nifti_maps(
     reference: str | Path, slices: Mapping[int, np.ndarray], out: str | Path, threshold: float | None = None
 ) -> Path:
@@ -48,9 +62,7 @@ def write_nifti_maps(
     shape = source.shape[:3] if len(source.shape) >= 3 else (*source.shape, 1)
     volume = np.zeros(shape, dtype=np.float32 if threshold is None else np.uint8)
     for z, slice_map in slices.items():
-        rows, cols = shape[1], shape[0]  # rot90(volume[:, :, z]) is [Y, X]
-        resized = F.interpolate(torch.as_tensor(np.asarray(slice_map, np.float32))[None, None],
-                                size=(rows, cols), mode="bilinear", align_corners=False)[0, 0].numpy()
+        resized = resize_map(slice_map, shape[1], shape[0])  # rot90(volume[:, :, z]) is [Y, X]
         volume[:, :, z] = np.rot90(resized if threshold is None else resized > threshold, k=-1)
     image = nib.Nifti1Image(volume, source.affine)
     out = Path(out)

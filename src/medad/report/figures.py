@@ -260,17 +260,27 @@ class HeatmapWriter:
             self._bars[height] = rgb[:height]
         return self._bars[height]
 
-    def save(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path) -> Path:
-        height, width = image_chw_uint8.shape[1:]
-        scale = max(1, -(-HEATMAP_MIN_HEIGHT // height))  # integer zoom to at least the minimum height
+    def overlay(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
+        """The image with the map blended over it (stretched onto it, nearest neighbour), at the
+        image's own size, without colour bar: RGB ``[H, W, 3]`` uint8 (``medad predict --dicom-out``'s
+        Secondary Capture).
+
+        >>> HeatmapWriter(0.0, 1.0).overlay(np.zeros((1, 4, 6), np.uint8), np.ones((2, 2))).shape
+        (4, 6, 3)
+        """
         rgb = image_chw_uint8.transpose(1, 2, 0) if image_chw_uint8.shape[0] == 3 else \
             np.repeat(image_chw_uint8[0][..., None], 3, axis=2)
-        rgb = np.kron(rgb, np.ones((scale, scale, 1), np.uint8)).astype(np.float32)
         h, w = rgb.shape[:2]
         stretched = np.asarray(PILImage.fromarray(np.asarray(anomaly_map, np.float32)).resize((w, h), PILImage.NEAREST))
         colours = self._cmap(np.clip((stretched - self.vmin) / (self.vmax - self.vmin), 0, 1))[..., :3] * 255
-        blended = (1 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * colours
-        canvas = np.concatenate([blended.round().astype(np.uint8), self.bar(h)], axis=1)
+        blended = (1 - OVERLAY_ALPHA) * rgb.astype(np.float32) + OVERLAY_ALPHA * colours
+        return blended.round().astype(np.uint8)
+
+    def save(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path) -> Path:
+        height = image_chw_uint8.shape[1]
+        scale = max(1, -(-HEATMAP_MIN_HEIGHT // height))  # integer zoom to at least the minimum height
+        zoomed = np.kron(image_chw_uint8, np.ones((1, scale, scale), np.uint8))
+        canvas = np.concatenate([self.overlay(zoomed, anomaly_map), self.bar(height * scale)], axis=1)
         path = Path(path)
         PILImage.fromarray(canvas).save(path, compress_level=1)
         return path
