@@ -243,7 +243,7 @@ class UploadReader:
 async def receive_uploads(request: Request, folder: ServiceFolder, limit: int, max_files: int) -> list[Upload]:
     """The uploads of ``request`` (:class:`UploadReader`), refused with a 413 as soon as the body
     is larger than ``limit`` bytes: by its ``Content-Length`` before reading, or while it streams."""
-    too_large = ServiceError(413, f"upload larger than the limit of {limit / 2**20:g} MB (--max-upload-mb)")
+    too_large = ServiceError(413, f"upload larger than the limit of {limit / 2**20:.3g} MB (--max-upload-mb)")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
