@@ -8,7 +8,7 @@ accuracy). Then
 * ``--clients`` threads (16) each POST one phantom PNG to ``/v1/score`` after the other, on a
   keep-alive connection (``http.client``), for ``--seconds`` (60): requests/s, p50 / p99 latency,
   errors (any answer but 200, or a failed connection), the server's resident memory (VmRSS) at
-  the start of the load and at its end;
+  the start of the load, every tenth of it and at its end;
 * the bad uploads, one request each: a 0-byte file, a truncated PNG, 100 MB (over the default
   50 MB limit; once with Content-Length, once chunked without it), text named .png and a DICOM
   file without pixel data: the status and message of each;
@@ -114,8 +114,10 @@ def post(conn: http.client.HTTPConnection, body: bytes, content_type: str) -> tu
     return response.status, json.loads(response.read() or b"{}")
 
 
-def load(port: int, pngs: list[bytes], clients: int, seconds: float) -> tuple[list[float], int, int]:
-    """Latencies (s) of the successful requests, the number of errors and of requests."""
+def load(port: int, pngs: list[bytes], clients: int, seconds: float, pid: int
+         ) -> tuple[list[float], int, int, list[float]]:
+    """Latencies (s) of the successful requests, the number of errors and of requests, and the
+    server's RSS (MB) every tenth of ``seconds``."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -146,9 +148,13 @@ def load(port: int, pngs: list[bytes], clients: int, seconds: float) -> tuple[li
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
+    rss = [rss_mb(pid)]
+    while threads[0].is_alive():
+        threads[0].join(seconds / 10)
+        rss.append(rss_mb(pid))
     for t in threads:
         t.join()
-    return latencies, errors[0], len(latencies) + errors[0]
+    return latencies, errors[0], len(latencies) + errors[0], rss
 
 
 def send_large(port: int, chunked: bool) -> tuple[int, str]:
@@ -213,9 +219,7 @@ def main() -> None:
             pngs = phantom_pngs(32)
             warm = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             post(warm, *multipart("warm-up.png", pngs[0]))
-            rss_start = rss_mb(server.pid)
-            latencies, errors, requests = load(port, pngs, args.clients, args.seconds)
-            rss_end = rss_mb(server.pid)
+            latencies, errors, requests, rss = load(port, pngs, args.clients, args.seconds, server.pid)
             ms = sorted(1000 * x for x in latencies)
             p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan")
             print(f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {args.clients} clients "
@@ -223,8 +227,9 @@ def main() -> None:
             print("| requests | requests/s | p50 ms | p99 ms | errors | RSS start MB | RSS end MB |")
             print("|---|---|---|---|---|---|---|")
             print(f"| {requests} | {len(latencies) / args.seconds:.1f} | "
-                  f"{statistics.median(ms) if ms else float('nan'):.0f} | {p99:.0f} | {errors} | {rss_start:.0f} | "
-                  f"{rss_end:.0f} |")
+                  f"{statistics.median(ms) if ms else float('nan'):.0f} | {p99:.0f} | {errors} | {rss[0]:.0f} | "
+                  f"{rss[-1]:.0f} |")
+            print(f"server RSS every {args.seconds / 10:g} s (MB): {' '.join(f'{x:.0f}' for x in rss)}")
 
             good = pngs[0]
             bad = {
@@ -250,6 +255,8 @@ def main() -> None:
             print(f"\nafterwards: POST /v1/score -> {status} (score {answer['results'][0]['score']:.4g}), "
                   f"/health -> {health}, server process {'running' if server.poll() is None else 'ended'}, "
                   f"RSS {rss_mb(server.pid):.0f} MB")
+            logged = (Path(tmp) / "server.log").read_text()
+            print(f"server log: {logged.count('Traceback')} tracebacks, {logged.count(' 500 ')} answers 500")
         finally:
             server.send_signal(signal.SIGTERM)
             try:

@@ -99,10 +99,10 @@ class ServiceFolder:
     ``.medad-serve`` of the files written there: those are deleted, :mod:`medad.outputs`). Locked
     while in use (:mod:`medad.runlock`): two services never share a folder.
 
-    >>> with ServiceFolder(None) as folder:
+    >>> with tempfile.TemporaryDirectory() as tmp, ServiceFolder(Path(tmp) / "work") as folder:
     ...     _ = folder.new_upload("../../etc/passwd.png").write_bytes(b"x")
-    ...     [p.parent.name for p in folder.root.rglob("*.png")]
-    ['uploads']
+    ...     [p.relative_to(tmp).parts[:2] for p in Path(tmp).rglob("*.png")]
+    [('work', 'uploads')]
     """
 
     def __init__(self, root: str | Path | None):
@@ -277,15 +277,15 @@ class Result:
     calibrated: float | None
     abnormal: bool | None
     threshold: float | None
-    files: dict[str, Path]  # the pictures written, by kind (KINDS)
+    pictures: tuple[str, ...]  # the KINDS written, in results/<id>/
     scored_at: str
 
     def json(self) -> dict[str, Any]:
         url = f"/v1/results/{self.id}/"
         return {"id": self.id, "filename": self.filename, "score": self.score, "calibrated": self.calibrated,
                 "abnormal": self.abnormal, "threshold": self.threshold, "image_url": url + "image.png",
-                "heatmap_url": url + "heatmap.png" if "heatmap.png" in self.files else None,
-                "mask_url": url + "mask.png" if "mask.png" in self.files else None, "scored_at": self.scored_at}
+                "heatmap_url": url + "heatmap.png" if "heatmap.png" in self.pictures else None,
+                "mask_url": url + "mask.png" if "mask.png" in self.pictures else None, "scored_at": self.scored_at}
 
 
 def _finite(value: Any) -> float | None:
@@ -413,16 +413,14 @@ class Service:
             pictures["heatmap.png"] = batch.heatmap_rgba(i)
         if batch.masks is not None:
             pictures["mask.png"] = batch.masks[i]
-        files = {}
         for kind, pixels in pictures.items():
-            files[kind] = self.folder.path(Path("results") / result_id / kind)
-            Image.fromarray(pixels).save(files[kind], compress_level=1)
+            Image.fromarray(pixels).save(self.folder.path(Path("results") / result_id / kind), compress_level=1)
         model = self.model
         result = Result(
             id=result_id, filename=filename, score=_finite(batch.scores[i]),
             calibrated=None if batch.calibrated is None else _finite(batch.calibrated[i]),
             abnormal=None if batch.abnormal is None else bool(batch.abnormal[i]), threshold=_finite(model.threshold_),
-            files=files, scored_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            pictures=tuple(pictures), scored_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         )
         with self._guard:
             self.results[result_id] = result
@@ -543,11 +541,11 @@ def create_app(service: Service) -> FastAPI:
         result = service.results.get(result_id)
         if result is None:
             raise ServiceError(404, f"no result {result_id!r} in this session")
-        if kind not in result.files:
+        if kind not in result.pictures:
             what = f"result {result_id} has no {kind}" if kind in KINDS else f"unknown picture {kind!r} (one of "\
                 f"{', '.join(KINDS)})"
             raise ServiceError(404, what)
-        return FileResponse(result.files[kind], media_type="image/png")
+        return FileResponse(service.folder.root / "results" / result.id / kind, media_type="image/png")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
