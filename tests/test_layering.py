@@ -17,7 +17,7 @@ FLOORS = [
     {"train"},
     {"detectors"},
     {"model"},
-    {"pipeline", "prediction", "export", "compare", "cli", "__main__", "__init__"},
+    {"pipeline", "prediction", "export", "compare", "service", "cli", "__main__", "__init__"},
 ]
 SOURCE = Path(medad.__file__).parent
 

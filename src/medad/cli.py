@@ -335,6 +335,42 @@ def export(
 
 
 @app.command()
+def serve(
+    model: Path = typer.Option(..., help="Run directory (or its model/ folder) from `medad train`, or an .onnx "
+                                         "file from `medad export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but this machine's own (loopback) "
+                             "is reachable by others, and there is no authentication."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    workdir: Optional[Path] = typer.Option(None, help="The service's folder (uploads, the session's heatmaps and "
+                                           "masks): empty, or used by an earlier medad serve. Default: a new "
+                                           "temporary folder, printed."),
+    max_upload_mb: float = typer.Option(50.0, min=0.001, help="Largest request body; larger ones get 413."),
+    queue_size: int = typer.Option(64, min=1, help="Images waiting to be scored; when full, requests get 503 "
+                                   "with Retry-After."),
+    max_batch: int = typer.Option(16, min=1, help="Most images scored in one model call."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or auto (default: the model's)."),
+) -> None:
+    """Serve a model over HTTP: POST images to /v1/score, get scores, decisions, heatmaps and masks
+    (docs/service.md); a review page at /review/. Stop with Ctrl-C.
+
+    Example:
+
+        medad serve --model runs/lgg --port 8000
+
+        curl -F files=@scan.png http://127.0.0.1:8000/v1/score
+    """
+    from medad.service import serve as run_service
+
+    try:
+        run_service(model, host=host, port=port, workdir=workdir, max_upload_mb=max_upload_mb,
+                    queue_size=queue_size, max_batch=max_batch, device=device)
+    except _USER_ERRORS as exc:
+        _fail(exc)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "the service stopped; its folder keeps the session's heatmaps and masks")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="Run (or eval) directory with predictions.npz.")) -> None:
     """Re-render report.html from a run's saved predictions and metrics.
 

@@ -110,6 +110,7 @@ def metadata(model: AnomalyDetector, spatial: bool) -> dict[str, Any]:
         "pixel_threshold": model.pixel_threshold_,
         "map_range": model.map_range_,
         "val_scores": model.val_scores_,
+        "manifest_sha256": model.manifest_sha256_,
         "config": model.config.model_dump(mode="json"),
     }
 
@@ -172,7 +173,7 @@ def check_signature(path: Path, session: Any, preprocessor: Preprocessor) -> Non
 class OnnxModel:
     """An exported graph with the parts of :class:`AnomalyDetector` that ``medad predict`` reads:
     ``config``, ``preprocessor``, ``primary``, ``prepare``, ``score_all``, the thresholds, the validation-normal
-    scores and the colour scale, all from the file's metadata."""
+    scores, the colour scale and the training manifest's hash, all from the file's metadata."""
 
     def __init__(self, path: str | Path):
         import onnx
@@ -199,6 +200,8 @@ class OnnxModel:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} holds unreadable medad metadata ({type(exc).__name__}: {exc})") from None
         self.map_range_ = tuple(meta["map_range"]) if meta.get("map_range") else None
+        self.threshold_rule_: str = meta.get("threshold_rule", "none")
+        self.manifest_sha256_: str = meta.get("manifest_sha256", "")  # "" in older exports
         self.fitted_scores: list[str] = [self.primary]
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

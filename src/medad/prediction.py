@@ -34,6 +34,8 @@ import csv
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -45,6 +47,7 @@ from medad.atomic import WriteError, atomic_file
 from medad.data.dicom_outputs import SC_SUFFIX, SEG_SUFFIX, DicomOutputError, OutputSeries, read_source, \
     write_dicom_outputs
 from medad.data.folder import FileItem
+from medad.data.imageset import ImageSet
 from medad.data.readers import (
     DICOM_IDENTIFIERS,
     ImageReadError,
@@ -55,6 +58,7 @@ from medad.data.readers import (
     stem_of,
 )
 from medad.data.writers import resize_map, slice_index, write_nifti_maps
+from medad.detectors.base import DetectorOutput
 from medad.evaluation.calibration import normal_map_range, normal_quantile
 from medad.model import AnomalyDetector
 from medad.outputs import OutputFolder
@@ -121,6 +125,19 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def load_model(model: str | Path, device: str | None = None) -> AnomalyDetector | OnnxModel:
+    """The model of ``medad predict --model`` and ``medad serve --model``: a run or model folder
+    (on ``device``, default the model's own), or an ``.onnx`` file from ``medad export`` (its
+    primary score only, run by onnxruntime on the CPU)."""
+    if Path(model).suffix.lower() == ".onnx":
+        from medad.export import OnnxModel
+
+        if device not in (None, "cpu", "auto"):
+            log.warning("an exported model runs on the CPU (onnxruntime): ignoring device %r", device)
+        return OnnxModel(model)
+    return AnomalyDetector.load(model, device)
+
+
 def predict_run(
     model_dir: str | Path,
     inputs: Sequence[str | Path],
@@ -142,14 +159,9 @@ def predict_run(
     (:func:`_save_dicom`); the model must give anomaly maps and a pixel threshold."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if Path(model_dir).suffix.lower() == ".onnx":  # an exported graph (`medad export`): its primary score only
-        from medad.export import OnnxModel
-
-        model: AnomalyDetector | OnnxModel = OnnxModel(model_dir)
-        if scores == "all":
-            log.warning("an exported model holds its primary score only: --scores all gives %r", model.primary)
-    else:
-        model = AnomalyDetector.load(model_dir, device)
+    model = load_model(model_dir, device)
+    if scores == "all" and not isinstance(model, AnomalyDetector):
+        log.warning("an exported model holds its primary score only: --scores all gives %r", model.primary)
     names = model.fitted_scores if scores == "all" else [model.primary]
     if dicom_out and model.pixel_threshold_ is None:
         raise ValueError(f"--dicom-out writes lesion masks: it needs a model whose primary score ({model.primary}) "
@@ -176,13 +188,88 @@ def _writing_to(out: Path) -> Iterator[None]:
                                  "was written") from exc
 
 
+class Scorer:
+    """A loaded model (or exported graph) scoring batches of images read by its preprocessor: the
+    one scoring path of ``medad predict`` and ``medad serve``. ``names``: the scores to compute
+    (default: the primary one). The heatmap colour scale is the model's (fixed at fit time); a
+    model saved without one gets the first batch's, with a warning."""
+
+    def __init__(self, model: AnomalyDetector | OnnxModel, names: Sequence[str] | None = None):
+        self.model = model
+        self.names = list(names) if names else [model.primary]
+        self._painter: HeatmapWriter | None = None
+
+    def __call__(self, images: ImageSet) -> Scored:
+        """Score ``images`` (as :meth:`~medad.data.preprocessor.Preprocessor.read_files` gives them)
+        in one model call."""
+        model = self.model
+        outputs = model.score_all(images, self.names)
+        primary = outputs[model.primary]
+        scores = primary.scores.cpu().numpy()
+        return Scored(
+            scorer=self, images=images, outputs=outputs, scores=scores,
+            calibrated=normal_quantile(scores, model.val_scores_) if model.val_scores_ else None,
+            abnormal=None if model.threshold_ is None else scores > model.threshold_,
+            maps=None if primary.maps is None else primary.maps.cpu().numpy(),
+        )
+
+    def painter(self, maps: np.ndarray) -> HeatmapWriter:
+        """The heatmap painter on the model's colour scale (or, for an older model, ``maps``')."""
+        if self._painter is None:
+            if self.model.map_range_ is None:  # a model saved before the colour scale was stored
+                log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
+                            "scale of every heatmap is taken from the first batch; train again to fix it")
+            self._painter = HeatmapWriter(*(self.model.map_range_ or normal_map_range(maps)))
+        return self._painter
+
+
+@dataclass
+class Scored:
+    """One batch scored by a :class:`Scorer`: the images as read, every score computed, and of the
+    primary score its values, calibrated values (share of validation normals scoring lower; None
+    without validation scores), decisions at the model's threshold (None without one) and maps
+    (None for an image-level score)."""
+
+    scorer: Scorer = field(repr=False)
+    images: ImageSet
+    outputs: dict[str, DetectorOutput]
+    scores: np.ndarray
+    calibrated: np.ndarray | None
+    abnormal: np.ndarray | None
+    maps: np.ndarray | None
+
+    @cached_property
+    def masks(self) -> np.ndarray | None:
+        """The binary lesion masks at the model's pixel threshold, uint8 ``[N, H, W]`` 0 / 255
+        (None without maps or a pixel threshold)."""
+        threshold = self.scorer.model.pixel_threshold_
+        if self.maps is None or threshold is None:
+            return None
+        return ((self.maps > threshold) * 255).astype(np.uint8)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as the model reads it (before intensity scaling), uint8 ``[C, H, W]``."""
+        return to_uint8(self.images.images[i])
+
+    def heatmap_rgba(self, i: int) -> np.ndarray:
+        """The colour overlay of image ``i``'s map at the image's size, uint8 ``[H, W, 4]``
+        (:meth:`~medad.report.figures.HeatmapWriter.rgba`); needs maps."""
+        assert self.maps is not None
+        return self.scorer.painter(self.maps).rgba(self.maps[i], *self.images.images.shape[-2:])
+
+    def save_heatmap(self, i: int, path: Path) -> Path:
+        """Image ``i`` under its overlay with a colour bar (``medad predict``'s heatmap); needs maps."""
+        assert self.maps is not None
+        return self.scorer.painter(self.maps).save(self.image(i), self.maps[i], path)
+
+
 def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Path, Path]], folder: OutputFolder,
                        names: list[str], *, batch_size: int, heatmaps: bool, save_maps: bool, dicom_out: bool,
                        progress: bool | None) -> Path:
     """The body of :func:`predict_run`: score ``files`` in batches, write ``scores.csv`` (complete
     or not at all), the heatmaps, maps and DICOM outputs into ``folder``."""
     preprocessor = model.preprocessor
-    painter: HeatmapWriter | None = None
+    scorer = Scorer(model, names)
     scored = skipped = 0
     dicom = any(is_dicom(f) for f, _ in files)  # DICOM identifiers as columns when there are DICOM files
     series: dict[str, OutputSeries] = {}  # the DICOM outputs' series, one pair per source series
@@ -203,35 +290,23 @@ def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Pat
             images = loaded.images
             if len(images) == 0:
                 continue
-            outputs = model.score_all(images, names)
-            primary = outputs[model.primary]
-            values = primary.scores.cpu().numpy()
-            calibrated = normal_quantile(values, model.val_scores_) if model.val_scores_ else None
+            batch = scorer(images)
             for i, image_id in enumerate(images.ids):
-                label = "" if model.threshold_ is None else int(values[i] > model.threshold_)
-                quantile = "" if calibrated is None else f"{calibrated[i]:.4f}"
+                label = "" if batch.abnormal is None else int(batch.abnormal[i])
+                quantile = "" if batch.calibrated is None else f"{batch.calibrated[i]:.4f}"
                 source = Path(image_id.partition("#")[0])
                 ids = dicom_identifiers(source).values() if dicom and is_dicom(source) else \
                     [""] * (len(DICOM_IDENTIFIERS) if dicom else 0)
-                writer.writerow([image_id, f"{values[i]:.6g}", label, quantile,
-                                 *(f"{o.scores[i]:.6g}" for o in outputs.values()), *ids])
+                writer.writerow([image_id, f"{batch.scores[i]:.6g}", label, quantile,
+                                 *(f"{o.scores[i]:.6g}" for o in batch.outputs.values()), *ids])
             where = {str(f): name for f, name in chunk}
-            maps = None if primary.maps is None else primary.maps.cpu().numpy()
-            if save_maps and maps is not None:
-                _save_maps(folder, images.ids, maps, where, model.pixel_threshold_)
-            if (heatmaps or dicom_out) and maps is not None:
-                if painter is None:
-                    if model.map_range_ is None:  # a model saved before the colour scale was stored
-                        log.warning("this model stores no heatmap colour scale (saved by an older medad): the "
-                                    "scale of every heatmap is taken from the first batch; train again to fix it")
-                    painter = HeatmapWriter(*(model.map_range_ or normal_map_range(maps)))
-                if heatmaps:
-                    for i, image_id in enumerate(images.ids):
-                        painter.save(to_uint8(images.images[i]), maps[i],
-                                     _output_path(folder, "heatmaps", where, image_id, ".png"))
-                if dicom_out:
-                    _save_dicom(folder, images.ids, maps, where, painter, model.pixel_threshold_,
-                                preprocessor.channels, series)
+            if save_maps and batch.maps is not None:
+                _save_maps(folder, batch, where)
+            if heatmaps and batch.maps is not None:
+                for i, image_id in enumerate(images.ids):
+                    batch.save_heatmap(i, _output_path(folder, "heatmaps", where, image_id, ".png"))
+            if dicom_out and batch.maps is not None:
+                _save_dicom(folder, batch, where, preprocessor.channels, series)
             scored += len(images)
         if scored == 0:
             raise ValueError(f"none of the {len(files)} given images could be read")
@@ -248,19 +323,19 @@ def _output_path(folder: OutputFolder, kind: str, names: dict[str, Path], image_
     return folder.path(Path(kind) / name.with_name(stem_of(name) + (f"_{slice_no}" if slice_no else "") + suffix))
 
 
-def _save_maps(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
-               pixel_threshold: float | None) -> None:
-    """The raw maps as ``maps/<name>.npy`` (float32) and, with a pixel threshold, the binary
-    lesion masks at it as ``masks/<name>.png`` (0 / 255)."""
+def _save_maps(folder: OutputFolder, batch: Scored, names: dict[str, Path]) -> None:
+    """The raw maps of ``batch`` as ``maps/<name>.npy`` (float32) and, with a pixel threshold, the
+    binary lesion masks at it as ``masks/<name>.png`` (0 / 255)."""
+    assert batch.maps is not None
+    pixel_threshold = batch.scorer.model.pixel_threshold_
     volumes: dict[str, dict[int, np.ndarray]] = {}
-    for i, image_id in enumerate(ids):
-        np.save(_output_path(folder, "maps", names, image_id, ".npy"), maps[i].astype(np.float32))
-        if pixel_threshold is not None:
-            mask = ((maps[i] > pixel_threshold) * 255).astype(np.uint8)
-            Image.fromarray(mask).save(_output_path(folder, "masks", names, image_id, ".png"))
+    for i, image_id in enumerate(batch.images.ids):
+        np.save(_output_path(folder, "maps", names, image_id, ".npy"), batch.maps[i].astype(np.float32))
+        if batch.masks is not None:
+            Image.fromarray(batch.masks[i]).save(_output_path(folder, "masks", names, image_id, ".png"))
         z = slice_index(image_id)  # only the NIfTI reader gives slice ids
         if z is not None:
-            volumes.setdefault(image_id.partition("#")[0], {})[z] = maps[i]
+            volumes.setdefault(image_id.partition("#")[0], {})[z] = batch.maps[i]
     for source, slices in volumes.items():  # every slice of a file is in the same batch of files
         name = names[source]
         name = name.with_name(stem_of(name) + ".nii.gz")
@@ -269,17 +344,18 @@ def _save_maps(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names
             write_nifti_maps(source, slices, folder.path("masks" / name), threshold=pixel_threshold)
 
 
-def _save_dicom(folder: OutputFolder, ids: Sequence[str], maps: np.ndarray, names: dict[str, Path],
-                painter: HeatmapWriter, pixel_threshold: float, channels: int,
+def _save_dicom(folder: OutputFolder, batch: Scored, names: dict[str, Path], channels: int,
                 series: dict[str, OutputSeries]) -> None:
-    """``--dicom-out``: for each DICOM file among ``ids``, ``dicom/<name>.seg.dcm`` (the lesion
+    """``--dicom-out``: for each DICOM file of ``batch``, ``dicom/<name>.seg.dcm`` (the lesion
     mask) and ``dicom/<name>.sc.dcm`` (the heatmap overlay) in the source's geometry: the map
     resized to the source's Rows x Columns as for a NIfTI input (:func:`resize_map`), the mask
     that map above the pixel threshold, the overlay the heatmap's blend over the image as read at
     its own size (:meth:`HeatmapWriter.overlay`). A source that cannot get them (multi-frame, no
     Study UID, ...) is named in a warning, and the others are written."""
+    assert batch.maps is not None and batch.scorer.model.pixel_threshold_ is not None
+    maps, pixel_threshold, painter = batch.maps, batch.scorer.model.pixel_threshold_, batch.scorer.painter(batch.maps)
     first: dict[str, int] = {}
-    for i, image_id in enumerate(ids):
+    for i, image_id in enumerate(batch.images.ids):
         first.setdefault(image_id.partition("#")[0], i)
     for source, i in first.items():
         if not is_dicom(Path(source)):

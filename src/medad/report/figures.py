@@ -260,6 +260,24 @@ class HeatmapWriter:
             self._bars[height] = rgb[:height]
         return self._bars[height]
 
+    def colours(self, anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The map stretched onto ``height`` x ``width`` (nearest neighbour) in the overlay's
+        colours on this scale: float ``[height, width, 3]`` in [0, 255]."""
+        stretched = np.asarray(PILImage.fromarray(np.asarray(anomaly_map, np.float32)).resize((width, height),
+                                                                                               PILImage.NEAREST))
+        return self._cmap(np.clip((stretched - self.vmin) / (self.vmax - self.vmin), 0, 1))[..., :3] * 255
+
+    def rgba(self, anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The overlay alone, uint8 ``[height, width, 4]``: the colours of :meth:`colours` with
+        ``OVERLAY_ALPHA`` as alpha, so that drawn over the image it gives :meth:`overlay`'s picture
+        (``medad serve``'s heatmap.png).
+
+        >>> HeatmapWriter(0.0, 1.0).rgba(np.zeros((4, 4)), 8, 8)[0, 0].tolist()  # jet's dark blue
+        [0, 0, 128, 115]
+        """
+        alpha = np.full((height, width, 1), round(OVERLAY_ALPHA * 255), np.uint8)
+        return np.concatenate([self.colours(anomaly_map, height, width).round().astype(np.uint8), alpha], axis=2)
+
     def overlay(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
         """The image with the map blended over it (stretched onto it, nearest neighbour), at the
         image's own size, without colour bar: RGB ``[H, W, 3]`` uint8 (``medad predict --dicom-out``'s
@@ -271,9 +289,7 @@ class HeatmapWriter:
         rgb = image_chw_uint8.transpose(1, 2, 0) if image_chw_uint8.shape[0] == 3 else \
             np.repeat(image_chw_uint8[0][..., None], 3, axis=2)
         h, w = rgb.shape[:2]
-        stretched = np.asarray(PILImage.fromarray(np.asarray(anomaly_map, np.float32)).resize((w, h), PILImage.NEAREST))
-        colours = self._cmap(np.clip((stretched - self.vmin) / (self.vmax - self.vmin), 0, 1))[..., :3] * 255
-        blended = (1 - OVERLAY_ALPHA) * rgb.astype(np.float32) + OVERLAY_ALPHA * colours
+        blended = (1 - OVERLAY_ALPHA) * rgb.astype(np.float32) + OVERLAY_ALPHA * self.colours(anomaly_map, h, w)
         return blended.round().astype(np.uint8)
 
     def save(self, image_chw_uint8: np.ndarray, anomaly_map: np.ndarray, path: str | Path) -> Path:
