@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -114,7 +115,7 @@ def test_score_answers_every_field_and_every_endpoint(run, loaded, tmp_path):
         assert [r["filename"] for r in results] == ["a.png", "rgb.png"]
         for r in results:
             assert set(r) == {"id", "filename", "score", "calibrated", "abnormal", "threshold", "image_url",
-                              "heatmap_url", "mask_url", "scored_at"}
+                              "heatmap_url", "mask_url", "seg_url", "sc_url", "scored_at"}
             assert re.fullmatch("[0-9a-f]{32}", r["id"])
             assert r["threshold"] == pytest.approx(loaded.threshold_)
             assert r["abnormal"] == (r["score"] > loaded.threshold_)
@@ -197,6 +198,38 @@ def test_the_scores_are_medad_predict_s_for_the_same_files(run, loaded, tmp_path
         assert r["score"] == pytest.approx(float(e["score"]), rel=PRINTED)
         assert int(r["abnormal"]) == int(e["label"])
         assert r["calibrated"] == pytest.approx(float(e["normal_quantile"]), abs=5e-5)  # printed with 4 decimals
+
+
+def test_a_dicom_upload_gets_the_dicom_outputs_of_medad_predict(run, loaded, tmp_path, caplog):
+    """Issue 30 item 3 in the service: a single-frame DICOM upload gets a DICOM Segmentation and a
+    Secondary Capture, the files ``medad predict --dicom-out`` writes for the same file (each
+    scored alone, so in a batch of one), referencing the source; its upload is deleted once scored.
+    A PNG, and a DICOM without the identifiers to reference (named in a warning), get none."""
+    from test_dicom_outputs import cr, seg_mask  # tests/ is on sys.path
+
+    source = cr(tmp_path / "in" / "chest.dcm")
+    predict_run(run, [tmp_path / "in" / "chest.dcm"], tmp_path / "pred", dicom_out=True, progress=False)
+    (expected_seg,), (expected_sc,) = (list((tmp_path / "pred" / "dicom").rglob(f"*.{k}.dcm")) for k in ("seg", "sc"))
+    with serving(loaded, tmp_path / "work") as (client, _):
+        result = client.post("/v1/score", files=files(("chest.dcm", (tmp_path / "in" / "chest.dcm").read_bytes()))
+                             ).json()["results"][0]
+        others = client.post("/v1/score", files=files(("a.png", LESIONS[0]), ("bare.dcm", dicom(
+            (np.random.default_rng(0).random((36, 36)) * 4095).astype(np.uint16))))).json()["results"]
+        got = {}
+        for kind in ("seg", "sc"):
+            answer = client.get(result[f"{kind}_url"])
+            assert answer.status_code == 200 and answer.headers["content-type"] == "application/dicom"
+            got[kind] = tmp_path / f"got.{kind}.dcm"
+            got[kind].write_bytes(answer.content)
+        assert not any((tmp_path / "work" / "uploads").iterdir())
+    assert result["seg_url"] == f"/v1/results/{result['id']}/seg.dcm"
+    assert [(r["seg_url"], r["sc_url"]) for r in others] == [(None, None)] * 2
+    assert "bare.dcm" in caplog.text and "StudyInstanceUID" in caplog.text
+    np.testing.assert_array_equal(seg_mask(got["seg"]), seg_mask(expected_seg))
+    sc = pydicom.dcmread(got["sc"])
+    np.testing.assert_array_equal(sc.pixel_array, pydicom.dcmread(expected_sc).pixel_array)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID != source.SeriesInstanceUID
 
 
 def test_concurrent_requests_are_scored_in_fewer_model_calls(loaded, tmp_path):

@@ -44,8 +44,8 @@ import torch
 from PIL import Image
 
 from medad.atomic import WriteError, atomic_file
-from medad.data.dicom_outputs import SC_SUFFIX, SEG_SUFFIX, DicomOutputError, OutputSeries, read_source, \
-    write_dicom_outputs
+from medad.data.dicom_outputs import SC_SUFFIX, SEG_SUFFIX, DicomOutputError, DicomOutputs, OutputSeries, \
+    read_source, write_dicom_outputs
 from medad.data.folder import FileItem
 from medad.data.imageset import ImageSet
 from medad.data.readers import (
@@ -257,6 +257,25 @@ class Scored:
         assert self.maps is not None
         return self.scorer.painter(self.maps).rgba(self.maps[i], *self.images.images.shape[-2:])
 
+    def write_dicom(self, i: int, source: str | Path, out_dir: Path, stem: str,
+                    series: dict[str, OutputSeries]) -> DicomOutputs:
+        """The DICOM outputs of image ``i``, read from the single-frame DICOM file ``source``:
+        ``out_dir/<stem>.seg.dcm`` (the lesion mask) and ``.sc.dcm`` (the heatmap overlay), in the
+        source's geometry: the map resized to its Rows x Columns as for a NIfTI input
+        (:func:`resize_map`), the mask that map above the pixel threshold, the overlay the heatmap
+        blended over the image as read at its own size (:meth:`HeatmapWriter.overlay`). Filed in
+        ``series[<source's Series UID>]`` (a new pair of series for a new source series). Needs
+        maps and a pixel threshold; :class:`DicomOutputError` / :class:`ImageReadError` for a
+        source that cannot get them."""
+        threshold = self.scorer.model.pixel_threshold_
+        assert self.maps is not None and threshold is not None
+        header = read_source(source)
+        (_, pixels), = read_images(source, self.images.images.shape[1])
+        source_map = resize_map(self.maps[i], int(header.Rows), int(header.Columns))
+        overlay = self.scorer.painter(self.maps).overlay(to_uint8(torch.from_numpy(pixels)), source_map)
+        return write_dicom_outputs(header, source_map > threshold, overlay, out_dir, stem,
+                                   series=series.setdefault(str(header.SeriesInstanceUID), OutputSeries.new()))
+
     def save_heatmap(self, i: int, path: Path) -> Path:
         """Image ``i`` under its overlay with a colour bar (``medad predict``'s heatmap); needs maps."""
         assert self.maps is not None
@@ -306,7 +325,7 @@ def _write_predictions(model: AnomalyDetector | OnnxModel, files: list[tuple[Pat
                 for i, image_id in enumerate(images.ids):
                     batch.save_heatmap(i, _output_path(folder, "heatmaps", where, image_id, ".png"))
             if dicom_out and batch.maps is not None:
-                _save_dicom(folder, batch, where, preprocessor.channels, series)
+                _save_dicom(folder, batch, where, series)
             scored += len(images)
         if scored == 0:
             raise ValueError(f"none of the {len(files)} given images could be read")
@@ -344,16 +363,12 @@ def _save_maps(folder: OutputFolder, batch: Scored, names: dict[str, Path]) -> N
             write_nifti_maps(source, slices, folder.path("masks" / name), threshold=pixel_threshold)
 
 
-def _save_dicom(folder: OutputFolder, batch: Scored, names: dict[str, Path], channels: int,
+def _save_dicom(folder: OutputFolder, batch: Scored, names: dict[str, Path],
                 series: dict[str, OutputSeries]) -> None:
     """``--dicom-out``: for each DICOM file of ``batch``, ``dicom/<name>.seg.dcm`` (the lesion
-    mask) and ``dicom/<name>.sc.dcm`` (the heatmap overlay) in the source's geometry: the map
-    resized to the source's Rows x Columns as for a NIfTI input (:func:`resize_map`), the mask
-    that map above the pixel threshold, the overlay the heatmap's blend over the image as read at
-    its own size (:meth:`HeatmapWriter.overlay`). A source that cannot get them (multi-frame, no
-    Study UID, ...) is named in a warning, and the others are written."""
-    assert batch.maps is not None and batch.scorer.model.pixel_threshold_ is not None
-    maps, pixel_threshold, painter = batch.maps, batch.scorer.model.pixel_threshold_, batch.scorer.painter(batch.maps)
+    mask) and ``dicom/<name>.sc.dcm`` (the heatmap overlay), :meth:`Scored.write_dicom`. A source
+    that cannot get them (multi-frame, no Study UID, ...) is named in a warning, and the others
+    are written."""
     first: dict[str, int] = {}
     for i, image_id in enumerate(batch.images.ids):
         first.setdefault(image_id.partition("#")[0], i)
@@ -361,14 +376,8 @@ def _save_dicom(folder: OutputFolder, batch: Scored, names: dict[str, Path], cha
         if not is_dicom(Path(source)):
             continue
         try:
-            header = read_source(source)
-            (_, pixels), = read_images(source, channels)
-            source_map = resize_map(maps[i], int(header.Rows), int(header.Columns))
-            overlay = painter.overlay(to_uint8(torch.from_numpy(pixels)), source_map)
             seg_path = _output_path(folder, "dicom", names, source, SEG_SUFFIX)
             _output_path(folder, "dicom", names, source, SC_SUFFIX)  # recorded: written with the SEG
-            write_dicom_outputs(header, source_map > pixel_threshold, overlay, seg_path.parent,
-                                stem_of(names[source]), series=series.setdefault(str(header.SeriesInstanceUID),
-                                                                                 OutputSeries.new()))
+            batch.write_dicom(i, source, seg_path.parent, stem_of(names[source]), series)
         except (DicomOutputError, ImageReadError) as exc:
             log.warning("%s", exc)

@@ -62,7 +62,8 @@ from starlette.requests import ClientDisconnect
 from medad import __version__
 from medad.data.folder import FileItem
 from medad.data.imageset import UNKNOWN, ImageSet
-from medad.data.readers import IMAGE_EXTENSIONS, ImageReadError, suffix_of
+from medad.data.dicom_outputs import DicomOutputError, OutputSeries
+from medad.data.readers import IMAGE_EXTENSIONS, ImageReadError, is_dicom, suffix_of
 from medad.model import AnomalyDetector
 from medad.outputs import OutputFolder
 from medad.prediction import Scored, Scorer, load_model
@@ -75,8 +76,12 @@ log = logging.getLogger("medad")
 
 REVIEW = Path(__file__).parent / "review"
 """The review page's static files, served at ``/review/``."""
-KINDS = ("image.png", "heatmap.png", "mask.png")
-"""The pictures of a result, in ``results/<id>/``."""
+KINDS = {"image.png": "image/png", "heatmap.png": "image/png", "mask.png": "image/png",
+         "seg.dcm": "application/dicom", "sc.dcm": "application/dicom"}
+"""The files of a result, in ``results/<id>/``, and their media types; ``seg.dcm`` / ``sc.dcm``
+(DICOM Segmentation and Secondary Capture) for a single-frame DICOM upload to a model with maps."""
+DICOM_STEM = "result"
+""":meth:`~medad.prediction.Scored.write_dicom` writes ``result.seg.dcm`` and ``result.sc.dcm``."""
 MAX_NAME = 255
 """Characters of an uploaded file's name kept for display."""
 
@@ -277,7 +282,7 @@ class Result:
     calibrated: float | None
     abnormal: bool | None
     threshold: float | None
-    pictures: tuple[str, ...]  # the KINDS written, in results/<id>/
+    pictures: tuple[str, ...]  # the KINDS written, in results/<id>/ (the DICOM ones as result.<kind>)
     scored_at: str
 
     def json(self) -> dict[str, Any]:
@@ -285,7 +290,9 @@ class Result:
         return {"id": self.id, "filename": self.filename, "score": self.score, "calibrated": self.calibrated,
                 "abnormal": self.abnormal, "threshold": self.threshold, "image_url": url + "image.png",
                 "heatmap_url": url + "heatmap.png" if "heatmap.png" in self.pictures else None,
-                "mask_url": url + "mask.png" if "mask.png" in self.pictures else None, "scored_at": self.scored_at}
+                "mask_url": url + "mask.png" if "mask.png" in self.pictures else None,
+                "seg_url": url + "seg.dcm" if "seg.dcm" in self.pictures else None,
+                "sc_url": url + "sc.dcm" if "sc.dcm" in self.pictures else None, "scored_at": self.scored_at}
 
 
 def _finite(value: Any) -> float | None:
@@ -300,6 +307,16 @@ class Job:
     image: torch.Tensor  # [C, S, S] as read
     filename: str
     result: Future
+    source: Path | None = None  # a DICOM upload kept for its DICOM outputs, deleted once scored
+
+    def done(self, result: Result | None = None, error: ServiceError | None = None) -> None:
+        """Hand the request its result (or error) and delete the kept upload."""
+        if self.source is not None:
+            self.source.unlink(missing_ok=True)
+        if error is None:
+            self.result.set_result(result)
+        else:
+            self.result.set_exception(error)
 
 
 class BatchQueue:
@@ -363,6 +380,7 @@ class Service:
         self.max_batch = max_batch
         self.queue = BatchQueue(queue_size)
         self.results: dict[str, Result] = {}  # in scoring order
+        self._series: dict[str, OutputSeries] = {}  # the DICOM outputs' series, one pair per source series
         self.batches = 0  # model calls so far
         self._batch_seconds = 0.0  # of the last one: the Retry-After estimate
         self._guard = threading.Lock()
@@ -383,7 +401,7 @@ class Service:
 
     def stop(self) -> None:
         for job in self.queue.close():
-            job.result.set_exception(ServiceError(503, "the service is shutting down"))
+            job.done(error=ServiceError(503, "the service is shutting down"))
         if self._worker is not None:
             self._worker.join()
             self._worker = None
@@ -394,43 +412,57 @@ class Service:
             try:
                 images = torch.stack([job.image for job in jobs])
                 batch = self.scorer(ImageSet(images, torch.full((len(jobs),), UNKNOWN), [j.filename for j in jobs]))
-                results = [self._keep(batch, i, job.filename) for i, job in enumerate(jobs)]
+                results = [self._keep(batch, i, job) for i, job in enumerate(jobs)]
             except Exception as exc:  # a fault of the model or the disk, not of the input: reported, and go on
                 log.exception("scoring a batch of %d images failed", len(jobs))
                 for job in jobs:
-                    job.result.set_exception(ServiceError(500, f"scoring failed: {type(exc).__name__}: {exc}"))
+                    job.done(error=ServiceError(500, f"scoring failed: {type(exc).__name__}: {exc}"))
                 continue
             self.batches += 1
             self._batch_seconds = time.perf_counter() - start
             for job, result in zip(jobs, results):
-                job.result.set_result(result)
+                job.done(result)
 
-    def _keep(self, batch: Scored, i: int, filename: str) -> Result:
-        """Write image ``i``'s pictures into ``results/<id>/`` and add its :class:`Result`."""
+    def _keep(self, batch: Scored, i: int, job: Job) -> Result:
+        """Write image ``i``'s pictures (and, for a kept DICOM upload, its DICOM outputs) into
+        ``results/<id>/`` and add its :class:`Result`."""
         result_id = secrets.token_hex(16)
+        folder = Path("results") / result_id
         pictures: dict[str, np.ndarray] = {"image.png": _hwc(batch.image(i))}
         if batch.maps is not None:
             pictures["heatmap.png"] = batch.heatmap_rgba(i)
         if batch.masks is not None:
             pictures["mask.png"] = batch.masks[i]
         for kind, pixels in pictures.items():
-            Image.fromarray(pixels).save(self.folder.path(Path("results") / result_id / kind), compress_level=1)
+            Image.fromarray(pixels).save(self.folder.path(folder / kind), compress_level=1)
+        kinds = list(pictures)
+        if job.source is not None and batch.masks is not None:
+            for kind in ("seg.dcm", "sc.dcm"):
+                self.folder.path(folder / f"{DICOM_STEM}.{kind}")  # recorded before written
+            try:
+                batch.write_dicom(i, job.source, self.folder.root / folder, DICOM_STEM, self._series)
+                kinds += ["seg.dcm", "sc.dcm"]
+            except (DicomOutputError, ImageReadError) as exc:  # e.g. no Study UID: scored, without DICOM outputs
+                log.warning("%s", str(exc).replace(str(job.source), job.filename))
         model = self.model
         result = Result(
-            id=result_id, filename=filename, score=_finite(batch.scores[i]),
+            id=result_id, filename=job.filename, score=_finite(batch.scores[i]),
             calibrated=None if batch.calibrated is None else _finite(batch.calibrated[i]),
             abnormal=None if batch.abnormal is None else bool(batch.abnormal[i]), threshold=_finite(model.threshold_),
-            pictures=tuple(pictures), scored_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            pictures=tuple(kinds), scored_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         )
         with self._guard:
             self.results[result_id] = result
         return result
 
     # -- requests ------------------------------------------------------------------------------------
-    def decode(self, uploads: list[Upload]) -> list[tuple[torch.Tensor, str]]:
+    def decode(self, uploads: list[Upload]) -> list[Job]:
         """Every image of ``uploads`` as the model reads it, with its display name (``name#z=12``
-        for a slice); a :class:`ServiceError` 422 naming the first upload that is not a usable image."""
+        for a slice), as jobs; a :class:`ServiceError` 422 naming the first upload that is not a
+        usable image. A single-frame DICOM upload is the job's ``source`` (kept for its DICOM outputs)
+        when the model has a pixel threshold; the caller deletes the other uploads."""
         preprocessor, decoded = self.model.preprocessor, []
+        outputs = self.model.pixel_threshold_ is not None
         for upload in uploads:
             if upload.size == 0:
                 raise ServiceError(422, f"{upload.filename}: empty file (0 bytes)")
@@ -441,18 +473,18 @@ class Service:
             except (ValueError, RuntimeError, OSError) as exc:  # e.g. NaN pixels, an image that cannot be resized
                 raise ServiceError(422, f"{upload.filename}: {str(exc).replace(str(upload.path), 'the file')}") \
                     from None
+            source = upload.path if outputs and len(images) == 1 and is_dicom(upload.path) else None
             for image, image_id in zip(images.images, images.ids):
                 _, mark, part = image_id.partition("#")
-                decoded.append((image, upload.filename + mark + part))
+                decoded.append(Job(image, upload.filename + mark + part, Future(), source))
         return decoded
 
-    def submit(self, decoded: list[tuple[torch.Tensor, str]]) -> list[Future]:
+    def submit(self, jobs: list[Job]) -> list[Future]:
         """Queue the decoded images of one request (all or none); a :class:`ServiceError` 503 with
         ``Retry-After`` when the queue cannot take them, 413 when it never could."""
-        if len(decoded) > self.queue.capacity:
-            raise ServiceError(413, f"{len(decoded)} images in one request, more than the queue holds "
+        if len(jobs) > self.queue.capacity:
+            raise ServiceError(413, f"{len(jobs)} images in one request, more than the queue holds "
                                     f"({self.queue.capacity}; --queue-size)")
-        jobs = [Job(image, name, Future()) for image, name in decoded]
         if not self.queue.put_all(jobs):
             waiting = len(self.queue) / self.max_batch + 1
             retry = max(1, math.ceil(waiting * self._batch_seconds))
@@ -512,12 +544,19 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/score")
     async def score(request: Request) -> dict[str, Any]:
         uploads = await receive_uploads(request, service.folder, service.max_upload_bytes, service.queue.capacity)
+        jobs: list[Job] = []
         try:
-            decoded = await run_in_threadpool(service.decode, uploads)
+            jobs = await run_in_threadpool(service.decode, uploads)
+            futures = service.submit(jobs)
+        except BaseException:
+            jobs = []  # nothing queued: every upload goes
+            raise
         finally:
+            kept = {job.source for job in jobs}
             for upload in uploads:
-                upload.path.unlink(missing_ok=True)
-        results = [await asyncio.wrap_future(future) for future in service.submit(decoded)]
+                if upload.path not in kept:
+                    upload.path.unlink(missing_ok=True)
+        results = [await asyncio.wrap_future(future) for future in futures]
         return {"results": [r.json() for r in results]}
 
     @app.get("/health")
@@ -545,7 +584,10 @@ def create_app(service: Service) -> FastAPI:
             what = f"result {result_id} has no {kind}" if kind in KINDS else f"unknown picture {kind!r} (one of "\
                 f"{', '.join(KINDS)})"
             raise ServiceError(404, what)
-        return FileResponse(service.folder.root / "results" / result.id / kind, media_type="image/png")
+        if kind.endswith(".dcm"):  # a download named by the result
+            return FileResponse(service.folder.root / "results" / result.id / f"{DICOM_STEM}.{kind}",
+                                media_type=KINDS[kind], filename=f"{result.id}.{kind}")
+        return FileResponse(service.folder.root / "results" / result.id / kind, media_type=KINDS[kind])
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
