@@ -5,9 +5,9 @@ intensities (5 %, 50 %, 95 % by default); the score is the Mahalanobis distance 
 from the training normals' (mean and Ledoit–Wolf shrunk covariance, :func:`medad.linalg.shrunk_covariance`),
 ``s(x) = sqrt((f(x) − μ)ᵀ Σ⁻¹ (f(x) − μ))``. It learns nothing about anatomy: it catches what the
 trivial baselines catch — an image darker, brighter, flatter or more contrasted than the normals,
-another scanner or exposure — and nothing else. A detector that standardises each image (the
-``dae``) removes exactly those global differences, so ``generic`` fuses the two
-(docs/detectors/statistics.md): the fused score keeps what each sees.
+another scanner or exposure — and nothing else: a baseline to report beside a detector
+(``detector.also: [stats]``). Fusing it into ``generic``'s DAE, which standardises each image, was
+measured and rejected (docs/detectors/statistics.md).
 
 >>> import torch
 >>> normals = 0.4 + 0.1 * torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
