@@ -103,6 +103,9 @@ ROWS: dict[str, Row] = {
     "chest-xray": Row("preset", ("pneumoniamnist", "covid224"), preset="chest-xray", seeds=(0, 1, 2)),
     "breast-ultrasound": Row("preset", ("breastmnist", "covid224"), preset="breast-ultrasound", seeds=(0, 1, 2)),
     "generic": Row("preset", tuple(DATASETS), preset="generic", seeds=(0, 1, 2)),
+    # issue 29 item 4: the preset's image size is a choice; what 64 and 224 px in give beside 128
+    "generic @64": Row("preset", ("covid224",), preset="generic", values={"data": {"image_size": 64}}),
+    "generic @224": Row("preset", ("covid224",), preset="generic", values={"data": {"image_size": 224}}),
     # issue 29 item 5: the image statistics fused into generic's DAE, the candidate measured beside it;
     # seed 0 only: it lost to generic on LGG and PneumoniaMNIST (docs/detectors/statistics.md)
     "generic + stats (fused)": Row("preset", tuple(DATASETS), preset="generic", values={
