@@ -24,12 +24,13 @@ NORMALS = make_phantoms(24, 32, seed=0)[0]
 TEST = make_phantoms(5, 32, seed=1, lesion=True)[0]
 
 
-def _fitted(tmp_path, detector: str, params: dict | None = None, **extra) -> tuple[AnomalyDetector, object]:
+def _fitted(tmp_path, detector: str, params: dict | None = None, size: int = 32,
+            **extra) -> tuple[AnomalyDetector, object]:
     cfg = RunConfig.model_validate({
-        "data": {"image_size": 32, "val_fraction": 0.25}, "encoder": {"width": 8}, "method": {"name": "none"},
+        "data": {"image_size": size, "val_fraction": 0.25}, "encoder": {"width": 8}, "method": {"name": "none"},
         "detector": {"name": detector, "params": params or {}}, "train": {"epochs": 0, "progress": False}, **extra,
     })
-    model = AnomalyDetector(cfg).fit(NORMALS)
+    model = AnomalyDetector(cfg).fit(NORMALS if size == 32 else make_phantoms(24, size, seed=0)[0])
     model.save(tmp_path / "model")
     return model, tmp_path / "model"
 
@@ -71,7 +72,11 @@ def test_models_that_are_not_one_graph_are_refused_with_the_reason(tmp_path, det
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path) -> None:
+@pytest.mark.parametrize("size", [32, 100, 224])
+def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path, size) -> None:
+    """At the model's size, and at sizes whose feature maps do not divide evenly (100 px) or that
+    the presets take in (224 px), from images of other, non-square sizes (issue 29: a preset's
+    image size is a choice)."""
     import csv
 
     from PIL import Image
@@ -79,12 +84,13 @@ def test_predict_with_the_exported_model_gives_the_run_s_scores(tmp_path) -> Non
     from medad.evaluation.calibration import normal_quantile
     from medad.prediction import predict_run
 
-    model, folder = _fitted(tmp_path, "padim", {"d": 16})
+    model, folder = _fitted(tmp_path, "padim", {"d": 16}, size)
     export_onnx(folder, tmp_path / "m.onnx")
     images = tmp_path / "images"
     images.mkdir()
-    for i, x in enumerate(TEST):
-        Image.fromarray((x[0].numpy() * 255).round().astype(np.uint8)).save(images / f"{i}.png")
+    for i, x in enumerate(make_phantoms(5, 64, seed=1, lesion=True)[0]):
+        image = Image.fromarray((x[0].numpy() * 255).round().astype(np.uint8))
+        image.resize((64 + 7 * i, 57)).save(images / f"{i}.png")
     rows = {}
     for name, source in (("torch", folder), ("onnx", tmp_path / "m.onnx")):
         with open(predict_run(source, [images], tmp_path / name)) as fh:
