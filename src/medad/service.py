@@ -18,8 +18,9 @@ How a request flows (one job each, in this module):
 * :class:`Service` puts the decoded images into a bounded queue (:class:`BatchQueue`; a request
   that does not fit is a 503 with ``Retry-After``). One thread owns the model: it takes up to
   ``--max-batch`` waiting images at once, scores them in one call of :class:`~medad.prediction.Scorer`
-  (the scoring of ``medad predict``), writes ``image.png``, ``heatmap.png`` and ``mask.png`` into
-  ``results/<id>/`` and hands each request its results. Concurrent requests are thus batched without
+  (the scoring of ``medad predict``), writes ``image.png``, ``heatmap.png`` and ``mask.png`` (and,
+  for a single-frame DICOM upload, kept until then, the DICOM SEG and SC of ``predict --dicom-out``)
+  into ``results/<id>/`` and hands each request its results. Concurrent requests are thus batched without
   waiting for one another: whatever arrived while the model was busy is the next batch.
 * The results of the session are kept in memory (:class:`Result`) and looked up by id; a URL's id
   is a key, never a path.
