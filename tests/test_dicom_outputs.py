@@ -15,14 +15,13 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
     MRImageStorage,
     SegmentationStorage,
     generate_uid,
 )
+from toys import dicom_dataset  # tests/ is on sys.path
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, __version__
@@ -66,21 +65,9 @@ def pixels(rows: int, cols: int, seed: int) -> np.ndarray:
 
 def write_source(path: Path, sop_class: str, image: np.ndarray, **attributes) -> pydicom.FileDataset:
     """A DICOM file of ``image`` (``attributes`` added; None deletes one); the file as read back."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.PatientName, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P042", "Doe^Jane", generate_uid(), \
-        generate_uid()
-    ds.set_pixel_data(image, "MONOCHROME2", 16)
-    for key, value in attributes.items():
-        if value is None:
-            if key in ds:
-                delattr(ds, key)
-        else:
-            setattr(ds, key, value)
+    ds = dicom_dataset(image, 16, sop_class, **{"PatientID": "P042", "PatientName": "Doe^Jane",
+                                                "StudyInstanceUID": generate_uid(),
+                                                "SeriesInstanceUID": generate_uid(), **attributes})
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)

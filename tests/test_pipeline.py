@@ -347,22 +347,15 @@ def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):
 
 
 def test_predict_reports_the_dicom_identifiers_of_a_nested_export(run, tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from toys import dicom_dataset  # tests/ is on sys.path
 
     _, run_dir, _ = run
     series = tmp_path / "dcm" / "study1" / "series1"
     series.mkdir(parents=True)
     uids = []
     for i in range(2):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P007", "1.2.3", "1.2.3.4"
-        ds.set_pixel_data((np.random.default_rng(i).random((32, 32)) * 4000).astype(np.uint16), "MONOCHROME2", 12)
+        ds = dicom_dataset((np.random.default_rng(i).random((32, 32)) * 4000).astype(np.uint16), 12,
+                           PatientID="P007", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4")
         ds.save_as(series / f"im{i}.dcm", enforce_file_format=True)
         uids.append(ds.SOPInstanceUID)
     with open(predict_run(run_dir, [tmp_path / "dcm"], tmp_path / "pred")) as fh:

@@ -21,8 +21,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from toys import dicom_dataset  # tests/ is on sys.path
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, service as service_module
@@ -92,15 +91,7 @@ def files(*named: tuple[str, bytes]) -> list:
 
 
 def dicom(pixels: np.ndarray | None) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientID = "P1"
-    if pixels is not None:
-        ds.set_pixel_data(pixels, "MONOCHROME2", 12)
+    ds = dicom_dataset(pixels, 12, PatientID="P1")
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
