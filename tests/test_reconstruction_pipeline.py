@@ -90,6 +90,28 @@ def test_api_method_none_fit_score_save_load(name, tmp_path) -> None:
     assert np.allclose(loaded.decision_function(test), scores, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, params, pretrains", [
+    ("igd", {}, True), ("fanogan", {}, True), ("fanogan", {"encoder_init": "scratch"}, False), ("ae", {}, False)])
+def test_a_trained_method_is_pre_trained_when_the_detector_starts_from_its_encoder(name, params, pretrains) -> None:
+    """IGD and f-AnoGAN (``encoder_init: medad``) fine-tune a copy of the encoder, as CCD and
+    PMSACL use IGD: the method must train first; an autoencoder reads no encoder, so it need not."""
+    cfg = RunConfig.model_validate({
+        "data": {"image_size": 32, "val_fraction": 0.25},
+        "encoder": {"width": 8},
+        "train": {"epochs": 1, "batch_size": 4, "progress": False},
+        "detector": {"name": name, "params": {**TINY_DETECTOR_PARAMS.get(name, {"epochs": 1}), **params}},
+    })
+    normals, _ = make_phantoms(8, 32, seed=0)
+    model = AnomalyDetector(cfg, method="contrastive", detector=name).fit(normals)
+    assert len(model.history_) == (1 if pretrains else 0)
+    if name == "igd":  # with a vanishing learning rate IGD's copy keeps the pre-trained weights
+        cfg.detector.params["lr"] = 1e-12
+        model = AnomalyDetector(cfg, method="contrastive", detector=name).fit(normals)
+        trained = dict(model.encoder_.named_parameters())
+        for key, p in model.detectors_["igd"].global_model.encoder.named_parameters():
+            assert torch.allclose(p, trained[key], atol=1e-6), key
+
+
 @pytest.mark.parametrize("detector", ["ae", "ae_u"])
 def test_autoencoders_localise_synthetic_lesions(detector: str) -> None:
     """Trained on lesion-free phantoms only, the reconstruction error map points at the lesions

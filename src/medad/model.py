@@ -266,7 +266,8 @@ class AnomalyDetector:
         method = build_method(cfg.method, encoder)
         method.preprocessor = self.preprocessor
         can_score = len(val) >= 1 and len(train) >= 4 and cfg.train.sensitivity_holdout > 0 and cfg.train.epochs > 0
-        pretrain = method.trains and any(detector_class(name).needs_encoder for name in self.score_names())
+        pretrain = method.trains and any(
+            build_detector(name, score_params(cfg, name)).uses_encoder for name in self.score_names())
         if method.trains and not pretrain:
             log.warning("detector %r trains its own network and reads no encoder: method %r is not trained "
                         "(use --method none)", cfg.detector.name, cfg.method.name)

@@ -56,6 +56,12 @@ class Detector(nn.Module, ABC):
         super().__init__()
         self.params = self.Params(**params)
 
+    @property
+    def uses_encoder(self) -> bool:
+        """Whether ``fit`` reads the medad encoder, its features or its weights: a method that
+        trains pre-trains the encoder only when some detector of the run uses it."""
+        return self.needs_encoder
+
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
         # a freshly built detector has empty statistics: take their shapes from the loaded state
         for name in self.statistics:

@@ -86,6 +86,11 @@ class FAnoGANDetector(ReconstructionDetector):
         super().__init__(**params)
         self.register_buffer("backbone_spec", torch.empty(0, dtype=torch.long))
 
+    @property
+    def uses_encoder(self) -> bool:
+        """With ``encoder_init: medad`` the izi_f encoder starts from the pre-trained encoder."""
+        return self.params.encoder_init == "medad"
+
     def fit(
         self, images: Tensor, encoder: nn.Module | None, cache: dict | None = None, *, unlabeled: Tensor | None = None
     ) -> FAnoGANDetector:

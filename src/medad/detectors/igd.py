@@ -173,6 +173,11 @@ class IGDDetector(ReconstructionDetector):
         super().__init__(**params)
         self.register_buffer("backbone_spec", torch.empty(0, dtype=torch.long))
 
+    @property
+    def uses_encoder(self) -> bool:
+        """IGD fine-tunes a copy of the pre-trained encoder (CCD eqs. 5-6, PMSACL eqs. 10-12)."""
+        return True
+
     # -- construction / persistence -----------------------------------------------------------
     def local_patch(self, size: int) -> int:
         """Side of the local model's patches for ``size`` px images (0: no local model)."""
