@@ -15,7 +15,9 @@ One fixed suite (issue 11). For each dataset it prints one table whose rows are
   embedding scores beside it ("features": Mahalanobis / S_NND / S_LH), at 64 px with ResNet-18
   width 32; PMSACL also without its multi-centring loss (``weight_ctr: 0``), the setting that
   works at these budgets; and the untrained encoder as their floor, with its BatchNorm statistics
-  as initialised and re-estimated on the training normals (issue 14).
+  as initialised and re-estimated on the training normals (issue 14). On the two sets whose images
+  are large (``covid224``, ``lgg``) the rows marked ``@128`` repeat them at 128 px, and PMSACL is
+  also scored with IGD fine-tuned from its encoder, the detector its paper reports best (issue 29).
 
 Columns: image AUROC and AP of the primary score; on LGG also the AUROC on position-matched test
 normals (brain_frac ≥ 0.3, see ``lgg_position.py``), pixel AUROC, PRO, Dice and IoU at the
