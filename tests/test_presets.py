@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from medad import AnomalyDetector
 from medad.cli import app
-from medad.config import RunConfig, apply_overrides, from_preset, load_config
+from medad.config import RunConfig, apply_overrides, from_preset, load_config, resolve_config
 from medad.detectors.registry import build_detector
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
@@ -61,6 +61,14 @@ def test_yaml_preset_and_the_flag_that_replaces_it(tmp_path) -> None:
     cfg = load_config(path)
     assert cfg.detector.name == "dae" and cfg.train.seed == 5
     assert load_config(path, preset="generic").preset == "generic"
+
+
+def test_set_preset_applies_the_preset_as_the_flag_does() -> None:
+    by_set = resolve_config(overrides={"preset": "brain-mri", "train.seed": 4})
+    assert by_set == resolve_config(preset="brain-mri", overrides={"train.seed": 4})
+    assert by_set.detector.name == "dae" and by_set.train.seed == 4  # the preset's values, not just its name
+    with pytest.raises(ValueError, match="two presets given"):
+        resolve_config(preset="generic", overrides={"preset": "brain-mri"})
 
 
 def test_a_resolved_config_repeats_without_the_preset_changing_it(tmp_path) -> None:

@@ -418,9 +418,12 @@ def resolve_config(path: str | Path | None = None, *, preset: str | None = None,
     (256, 32, 3, 'paper')
     """
     raw = _read_yaml(path)
-    overrides = overrides or {}
-    if preset is not None:
-        raw["preset"] = preset
+    overrides = dict(overrides or {})
+    named = {name for name in (preset, overrides.pop("preset", None)) if name is not None}
+    if len(named) > 1:
+        raise ValueError(f"two presets given ({', '.join(sorted(map(str, named)))}): give one")
+    if named:  # --preset and --set preset=NAME both bring the preset's values, under the file's
+        raw["preset"] = named.pop()
     config = apply_overrides(_validated(raw, path), overrides)
     return apply_budget(config, budget, explicit=flat_keys(raw) | set(overrides))
 
