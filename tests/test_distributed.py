@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,49 @@ def test_medad_train_nproc_2_writes_one_run_with_the_loss_curve_of_one_process(t
     # a 2-process checkpoint is not resumed by one process
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run2"), "--resume"])
     assert result.exit_code == 2 and "2 training process(es)" in result.output
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The pids of the live processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # not a process, or gone
+            continue
+        pids += [int(entry.name)] if entry.name.isdigit() and text in command else []
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc (Linux)")
+def test_sigterm_to_medad_train_nproc_stops_torchrun_and_its_workers(tmp_path):
+    """Issue 27's leftover: SIGTERM to the ``--nproc`` parent killed torchrun outright and left the
+    training workers running, orphaned. Now torchrun is told, stops them, and the parent says so."""
+    data, out = tmp_path / "data", tmp_path / "run-sigterm"
+    CliRunner().invoke(app, ["-q", "synth", "--out", str(data), "--size", "32", "--n-train", "64",
+                             "--n-test-normal", "4", "--n-test-abnormal", "4"])
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "medad", "train", "--data", str(data), "--out", str(out), "--method", "contrastive",
+         "--detector", "mahalanobis", "--epochs", "500", "--batch-size", "16", "--image-size", "32",
+         "--set", "encoder.width=8", "--no-progress", "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoints" / "last.json").exists():  # the workers are in their training loop
+            assert parent.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        assert len(_processes_naming(str(out))) >= 3  # medad, torchrun, the two workers
+        parent.send_signal(signal.SIGTERM)
+        output, _ = parent.communicate(timeout=150)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 143 and "interrupted (SIGTERM)" in output, output[-3000:]
+    deadline = time.monotonic() + 30
+    while (left := _processes_naming(str(out))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], f"processes left running: {left}"
+    assert not (out / "metrics.json").exists()  # the run does not look finished
 
 
 @pytest.mark.parametrize("batch_size", [15, 2])

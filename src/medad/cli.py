@@ -237,7 +237,19 @@ def _torchrun(nproc: int) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "medad", *args]
     console.print(f"starting {nproc} training processes: {' '.join(command[1:])}")
-    return subprocess.call(command)
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt as exc:
+        # torchrun stops its workers on the signal it gets, if it is let live to do so (a kill would
+        # orphan them): SIGTERM is passed on; Ctrl-C has reached it already, from the terminal
+        if isinstance(exc, Terminated):
+            child.terminate()
+        try:
+            child.wait(timeout=90)  # torchrun waits 30 s for its workers before it kills them
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 @app.command()
