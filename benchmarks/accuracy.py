@@ -149,7 +149,7 @@ METHOD_ROWS: dict[str, Row] = {
                                             datasets=("covid224", "lgg")),
     "CON2 (invert) + S_NND @128": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
                                           {"optimizer": "adamw", "weight_decay": 0.001}, size=128,
-                                          datasets=("covid224", "lgg")),
+                                          datasets=("covid224", "lgg", "pneumoniamnist")),
     # PMSACL's paper reports IGD (fine-tuned from the pre-trained encoder) as its best detector; at a
     # CPU budget IGD trains 10 epochs instead of its default 30 (30 took 36-58 min at 64 px)
     "PMSACL (no ctr) + IGD": _method("pmsacl", "igd", 15, {"weight_ctr": 0}, {"epochs": 10},
