@@ -104,6 +104,8 @@ def test_a_trained_method_is_pre_trained_when_the_detector_starts_from_its_encod
     normals, _ = make_phantoms(8, 32, seed=0)
     model = AnomalyDetector(cfg, method="contrastive", detector=name).fit(normals)
     assert len(model.history_) == (1 if pretrains else 0)
+    # beside such a detector the embedding scores read the pre-trained encoder (detector.also: auto)
+    assert ("mahalanobis" in model.score_names()) == pretrains
     if name == "igd":  # with a vanishing learning rate IGD's copy keeps the pre-trained weights
         cfg.detector.params["lr"] = 1e-12
         model = AnomalyDetector(cfg, method="contrastive", detector=name).fit(normals)

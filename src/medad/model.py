@@ -103,7 +103,10 @@ def scores_of(config: RunConfig) -> list[str]:
     ['lh', 'mahalanobis', 'nnd', 'cosine']
     """
     detector = config.detector
-    extra = applicable_detectors(detector.name) if detector.also == "auto" else detector.also_names()
+    if detector.also == "auto":
+        extra = applicable_detectors(detector.name, score_params(config, detector.name))
+    else:
+        extra = detector.also_names()
     names = [detector.name] + [n for n in extra if n != detector.name]
     missing = [n for n in detector.fuse if n not in names]
     if missing:
@@ -126,15 +129,20 @@ def check_params(config: RunConfig) -> None:
     detector = config.detector
     own = {spec.name: ("detector", "also", i, "params")  # scores listed in `also` with params of their own
            for i, spec in enumerate([] if detector.also == "auto" else detector.also) if isinstance(spec, ScoreSpec)}
-    checks = [(("method", "params"), METHODS[config.method.name].Params, config.method.params)]
-    checks += [(own.get(name, ("detector", "params")), detector_class(name).Params, score_params(config, name))
-               for name in scores_of(config)]
     errors = []
-    for loc, params_class, params in checks:
+
+    def check(loc: tuple, params_class: type, params: dict[str, Any]) -> None:
         try:
             params_class.model_validate(params)
         except ValidationError as exc:
-            errors += [{**error, "loc": (*loc, *error["loc"])} for error in exc.errors()]
+            errors.extend({**error, "loc": (*loc, *error["loc"])} for error in exc.errors())
+
+    check(("method", "params"), METHODS[config.method.name].Params, config.method.params)
+    n_before = len(errors)
+    check(("detector", "params"), detector_class(detector.name).Params, score_params(config, detector.name))
+    if len(errors) == n_before:  # which scores go beside the primary one depends on its params
+        for name in scores_of(config)[1:]:
+            check(own.get(name, ("detector", "params")), detector_class(name).Params, score_params(config, name))
     if errors:
         raise ValidationError.from_exception_data("RunConfig", errors)
 

@@ -32,15 +32,21 @@ def build_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     return detector_class(name)(**(params or {}))
 
 
-def applicable_detectors(primary: str) -> list[str]:
-    """The scores reported beside ``primary`` when ``detector.also`` is ``auto`` (``primary`` first).
+def applicable_detectors(primary: str, params: dict[str, Any] | None = None) -> list[str]:
+    """The scores reported beside ``primary`` (with ``params``) when ``detector.also`` is ``auto``
+    (``primary`` first).
 
-    Every embedding detector applies whenever the primary one reads the frozen encoder
-    (``needs_encoder``): another embedding detector, which shares their forward pass, or PaDiM,
-    beside whose maps the image-level embedding scores are still reported. Detectors that train
-    their own network get only ``primary`` itself.
+    Every embedding detector applies whenever the primary one uses the medad encoder
+    (:attr:`~medad.detectors.base.Detector.uses_encoder`): another embedding detector, which shares
+    their forward pass; PaDiM, beside whose maps the image-level embedding scores are still
+    reported; IGD, or f-AnoGAN started from the encoder, whose pre-trained encoder the embedding
+    scores read as it was before they fine-tune a copy. Detectors that train their own network
+    from scratch get only ``primary`` itself.
+
+    >>> applicable_detectors("igd")[:2], applicable_detectors("fanogan", {"encoder_init": "scratch"})
+    (['igd', 'mahalanobis'], ['fanogan'])
     """
-    if not detector_class(primary).needs_encoder:
+    if not build_detector(primary, params).uses_encoder:
         return [primary]
     others = [name for name, cls in DETECTORS.items() if name != primary and issubclass(cls, EmbeddingDetector)]
     return [primary, *others]
