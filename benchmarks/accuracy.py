@@ -157,6 +157,16 @@ METHOD_ROWS: dict[str, Row] = {
     "untrained encoder + IGD": _method("none", "igd", 0, detector_params={"epochs": 10},
                                        datasets=("covid224", "lgg")),  # IGD's floor: what PMSACL adds
 }
+# issue 29 item 2: a chest-xray candidate, CON2 at 128 px (the best seed method there) in place of
+# the preset's contrastive at 64 px, fused with the same DAE; both chest sets, one seed first
+_CHEST = PRESETS["chest-xray"].values
+CHEST_CANDIDATE = {**METHOD_ROWS["CON2 (invert) + S_NND @128"].values,
+                   "detector": {"name": "mahalanobis", "fuse": ["mahalanobis", "dae"],
+                                "also": [{"name": "nnd", "params": {"contexts": ["invert"]}}, "lh",
+                                         _CHEST["detector"]["also"][-1]]},
+                   "maps": _CHEST["maps"]}
+METHOD_ROWS["chest-xray candidate: CON2 @128 + DAE (fused)"] = Row("method", ("covid224", "pneumoniamnist"),
+                                                                    CHEST_CANDIDATE)
 ROWS.update(METHOD_ROWS)
 FEATURE_SCORES = ("mahalanobis", "nnd", "lh")
 COLUMNS = {
