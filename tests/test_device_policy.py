@@ -87,14 +87,25 @@ def test_precision_auto_on_a_cpu_trains_exactly_as_fp32():
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def _loss_on_fixed_views(method: ContrastiveMethod, images: torch.Tensor) -> float:
+    """The fp32 training loss of ``images`` in one batch, with the same random views every call."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(method.train().training_loss(images)["loss"])
+
+
 def test_bf16_training_keeps_fp32_weights_and_learns():
+    """The per-epoch losses of 2 batches of random views are too noisy to compare across CPUs (on
+    AMX machines bf16 runs native kernels and epoch 3 can read above epoch 1); the loss of one fixed
+    set of views before and after training is not (4.11 -> 3.36 when written)."""
     images = make_phantoms(16, 16, seed=0)[0]
     method = _method()
+    before = _loss_on_fixed_views(method, images)
     history = train_method(method, images, None, TrainConfig(epochs=3, batch_size=8, progress=False, lr=1e-2,
                                                              precision="bf16"))
     assert all(p.dtype == torch.float32 for p in method.parameters())
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert _loss_on_fixed_views(method, images) < before - 0.2
 
 
 def test_bf16_scoring_keeps_statistics_in_full_precision_and_close_to_fp32():
