@@ -17,7 +17,9 @@ One fixed suite (issue 11). For each dataset it prints one table whose rows are
   works at these budgets; and the untrained encoder as their floor, with its BatchNorm statistics
   as initialised and re-estimated on the training normals (issue 14). On the two sets whose images
   are large (``covid224``, ``lgg``) the rows marked ``@128`` repeat them at 128 px, and PMSACL is
-  also scored with IGD fine-tuned from its encoder, the detector its paper reports best (issue 29).
+  also scored with IGD fine-tuned from its encoder, the detector its paper reports best (issue 29);
+* **candidates** for a preset, measured beside it on the sets it must hold on (``chest-xray
+  candidate: CON2 @128 + DAE (fused)``: CON2 at 128 px in place of the preset's contrastive at 64 px).
 
 Columns: image AUROC and AP of the primary score; on LGG also the AUROC on position-matched test
 normals (brain_frac ≥ 0.3, see ``lgg_position.py``), pixel AUROC, PRO, Dice and IoU at the
