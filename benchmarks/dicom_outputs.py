@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from medad import AnomalyDetector
 from medad.config import RunConfig
-from medad.data.synthetic import make_phantoms
+from medad.data.synthetic import dicom_dataset, make_phantoms
 from medad.prediction import predict_run
 
 
@@ -30,14 +29,8 @@ def write_cr(path: Path, size: int, seed: int, study: str, series: str) -> None:
     y, x = np.mgrid[:size, :size] / size - 0.5
     image = np.where(x**2 + y**2 < 0.16, 20000 + rng.random((size, size)) * 4000, 0)
     image[size // 3: size // 2, size // 3: size // 2] = 50000
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ComputedRadiographyImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = "P1", study, series, "CR"
-    ds.set_pixel_data(image.astype(np.uint16), "MONOCHROME2", 16)
+    ds = dicom_dataset(image.astype(np.uint16), 16, ComputedRadiographyImageStorage, PatientID="P1",
+                       StudyInstanceUID=study, SeriesInstanceUID=series, Modality="CR")
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -21,7 +21,7 @@ from pydicom.uid import (
     SegmentationStorage,
     generate_uid,
 )
-from toys import dicom_dataset  # tests/ is on sys.path
+from medad.data.synthetic import dicom_dataset
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, __version__

@@ -347,7 +347,7 @@ def test_con2_run_reports_its_context_silhouette(dataset, tmp_path):
 
 
 def test_predict_reports_the_dicom_identifiers_of_a_nested_export(run, tmp_path):
-    from toys import dicom_dataset  # tests/ is on sys.path
+    from medad.data.synthetic import dicom_dataset
 
     _, run_dir, _ = run
     series = tmp_path / "dcm" / "study1" / "series1"

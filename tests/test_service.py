@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from toys import dicom_dataset  # tests/ is on sys.path
+from medad.data.synthetic import dicom_dataset
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, service as service_module

@@ -10,6 +10,13 @@ without ``lesion`` gives images that differ exactly on the mask (no pixel is cli
 >>> images, masks = make_phantoms(2, 32, seed=0, lesion=True)
 >>> images.shape, masks.shape, bool(masks.flatten(1).any(1).all())
 (torch.Size([2, 1, 32, 32]), torch.Size([2, 1, 32, 32]), True)
+
+:func:`dicom_dataset` wraps such pixels in a single-frame DICOM dataset, for the tests and
+benchmarks of the DICOM paths:
+
+>>> ds = dicom_dataset(np.zeros((8, 8), np.uint16), 12, PatientID="P1")
+>>> ds.Rows, ds.BitsStored, ds.PatientID
+(8, 12, 'P1')
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from torch import Tensor
 
 MIN_PHANTOM_SIZE = 16
@@ -159,3 +168,25 @@ def write_phantom_dataset(
         "ground_truth/lesion/<stem>_mask.png: the changed pixels (255) of each lesion image\n"
     )
     return out
+
+
+def dicom_dataset(pixels: np.ndarray | None, bits: int = 16, sop_class: str = SecondaryCaptureImageStorage,
+                  **attributes) -> Dataset:
+    """A single-frame DICOM dataset, ready for ``save_as(..., enforce_file_format=True)``: file meta
+    (explicit VR little endian), ``sop_class`` with a new instance UID, ``pixels`` (uint16 ``[H, W]``,
+    MONOCHROME2, ``bits`` stored; None: no pixel data) and ``attributes`` (None deletes one)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+    if pixels is not None:
+        ds.set_pixel_data(pixels, "MONOCHROME2", bits)
+    for key, value in attributes.items():
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    return ds
