@@ -118,7 +118,8 @@ ROWS: dict[str, Row] = {
 
 
 def _method(name: str, detector: str, epochs: int, params: dict | None = None, detector_params: dict | None = None,
-            train: dict | None = None, size: int = 64, datasets: tuple[str, ...] = tuple(DATASETS)) -> Row:
+            train: dict | None = None, size: int = 64, datasets: tuple[str, ...] = tuple(DATASETS),
+            seeds: tuple[int, ...] = (0,)) -> Row:
     """A seed method on ``datasets`` at ``size`` px (ResNet-18 width 32, batch 64): its own primary
     score (the one its paper scores with) and the embedding scores beside it."""
     return Row("method", datasets, {
@@ -126,12 +127,16 @@ def _method(name: str, detector: str, epochs: int, params: dict | None = None, d
         "method": {"name": name, "params": params or {}},
         "detector": {"name": detector, "params": detector_params or {}},
         "train": {"epochs": epochs, "batch_size": 64, **(train or {})},
-    })
+    }, seeds=seeds)
 
 
 METHOD_ROWS: dict[str, Row] = {
     "untrained encoder": _method("none", "mahalanobis", 0),
     "untrained, BatchNorm re-estimated": _method("none", "mahalanobis", 0, {"batchnorm": "reestimate"}),
+    # the first stage of a random encoder (S_NND on its spatial mean): a texture statistic with no
+    # training, the floor of any early-stage score (benchmarks/stage_probe.py); seconds a run, so 3 seeds
+    "untrained, BatchNorm re-estimated, layer1 S_NND": _method("none", "nnd", 0, {"batchnorm": "reestimate"},
+                                                               {"layer": "layer1"}, seeds=(0, 1, 2)),
     "contrastive + Mahalanobis": _method("contrastive", "mahalanobis", 30),
     "CCD + PaDiM": _method("ccd", "padim", 15),
     "PMSACL + PaDiM": _method("pmsacl", "padim", 15),
@@ -144,6 +149,9 @@ METHOD_ROWS: dict[str, Row] = {
     # issue 29 item 3: the seed methods at 128 px on the two sets whose images are that large, each
     # beside its untrained floor at the same size (same settings as at 64 px otherwise)
     "untrained encoder @128": _method("none", "mahalanobis", 0, size=128, datasets=("covid224", "lgg")),
+    "untrained, BatchNorm re-estimated, layer1 S_NND @128": _method(
+        "none", "nnd", 0, {"batchnorm": "reestimate"}, {"layer": "layer1"}, size=128, datasets=("covid224", "lgg"),
+        seeds=(0, 1, 2)),
     "CCD + PaDiM @128": _method("ccd", "padim", 15, size=128, datasets=("covid224", "lgg")),
     "contrastive + Mahalanobis @128": _method("contrastive", "mahalanobis", 30, size=128,
                                               datasets=("covid224", "lgg")),
@@ -152,6 +160,9 @@ METHOD_ROWS: dict[str, Row] = {
     "CON2 (invert) + S_NND @128": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
                                           {"optimizer": "adamw", "weight_decay": 0.001}, size=128,
                                           datasets=("covid224", "lgg", "pneumoniamnist")),
+    # ~3x the 64-px time (~35 min a set on 2 cores), the last of the seed methods at 128 px
+    "DINO + negatives + cosine @128": _method("dino_neg", "cosine", 60, train={"optimizer": "adamw", "lr": 2.5e-4},
+                                              size=128, datasets=("covid224", "lgg")),
     # PMSACL's paper reports IGD (fine-tuned from the pre-trained encoder) as its best detector; at a
     # CPU budget IGD trains 10 epochs instead of its default 30 (30 took 36-58 min at 64 px)
     "PMSACL (no ctr) + IGD": _method("pmsacl", "igd", 15, {"weight_ctr": 0}, {"epochs": 10},

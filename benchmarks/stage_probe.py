@@ -1,15 +1,18 @@
-"""Which stage of a trained encoder carries the anomaly signal? A Mahalanobis probe per ResNet stage.
+"""Which stage of a trained encoder carries the anomaly signal? The embedding scores per ResNet stage.
 
-For each saved run (a run folder with ``model/``) this fits medad's ``mahalanobis`` detector (raw
-features, Ledoit–Wolf covariance) with ``layer`` set to each ResNet stage in turn (the spatial mean
-of ``layer1`` .. ``layer4``; ``layer4`` is the encoder's own embedding) over the run's training
-normals, and prints the test image AUROC of each stage beside the run's saved scores.
+For each saved run (a run folder with ``model/``) this fits medad's ``mahalanobis`` (raw features,
+Ledoit–Wolf covariance), ``nnd`` (S_NND) and ``lh`` (S_LH) detectors with ``layer`` set to each
+ResNet stage in turn (the spatial mean of ``layer1`` .. ``layer4``; ``layer4`` is the encoder's
+own embedding) over the run's training normals, and prints the test image AUROC of each beside
+the run's saved scores. When the run fuses scores (``detector.fuse``), it also prints the fusion
+with each stage score added to the run's members, and put in place of the run's primary score,
+each standardised on the run's validation normals as the product does (``detectors/fusion.py``).
 It reads the run's own data (``config.yaml``), so it needs the labelled test split of that data.
-No training; seconds per run on a CPU.
+No training; seconds to a minute per run on a CPU.
 
 A diagnostic: it tells whether what the pre-training learned sits in the deep embedding the
-detectors use by default, or only in the early, low-level layers. A stage that wins is a product
-setting, e.g. ``--set detector.params.layer=layer1``.
+detectors use by default, or only in the early, low-level layers. A stage that wins on every dev
+set is a product setting, e.g. ``--set detector.params.layer=layer1`` (docs/benchmarks.md).
 
     .venv/bin/python benchmarks/stage_probe.py RUN [RUN ...]
 """
@@ -19,29 +22,42 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from medad.data.loading import load_splits
-from medad.detectors.gaussian import MahalanobisDetector
+from medad.detectors.fusion import fit_fusion, fuse_scores
+from medad.detectors.registry import build_detector
 from medad.evaluation.records import ResultSet
 from medad.model import AnomalyDetector
 from medad.models.resnet import LAYERS
 
+SCORES = ("mahalanobis", "nnd", "lh")
 
-def probe(run: Path) -> dict[str, float]:
-    """Test image AUROC of the Mahalanobis distance on each stage's pooled features of ``run``."""
+
+def stage_scores(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, list[str]]:
+    """``{"<score>@<stage>": (validation-normal scores, test scores)}``, the test labels and the
+    test ids of ``run``'s data."""
     model = AnomalyDetector.load(run)
     splits = load_splits(model.config.data, model.config.train.seed)
     if splits.test is None:
         raise SystemExit(f"{run}: its data has no test split")
-    train, test = model.prepare(splits.train), model.prepare(splits.test)
-    labels = splits.test.labels.numpy()
+    train, val, test = (model.prepare(s) for s in (splits.train, splits.val, splits.test))
     out = {}
     for layer in LAYERS:
-        detector = MahalanobisDetector(layer=layer).fit(train, model.encoder_)
-        scores = detector.score(test, model.encoder_).scores
-        out[layer] = float(roc_auc_score(labels, scores.numpy()))
-    return out
+        cache: dict = {}  # one forward pass per stage and image set, shared by the three scores
+        for name in SCORES:
+            detector = build_detector(name, {"layer": layer}).fit(train, model.encoder_, cache)
+            out[f"{name}@{layer}"] = tuple(detector.score(x, model.encoder_, cache).scores.numpy() for x in (val, test))
+    return out, splits.test.labels.numpy(), list(splits.test.ids)
+
+
+def fused_auroc(members: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> float:
+    """Test AUROC of the mean of ``members``, each standardised on its validation-normal scores."""
+    stats = fit_fusion({k: torch.from_numpy(v) for k, (v, _) in members.items()})
+    return float(roc_auc_score(labels, fuse_scores({k: torch.from_numpy(t) for k, (_, t) in members.items()},
+                                                   stats).numpy()))
 
 
 def main() -> None:
@@ -49,12 +65,27 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     for run in args.runs:
-        saved = ResultSet.load(run / "predictions.npz").with_role("test")
-        saved_auroc = {n: roc_auc_score(saved.labels(), saved.scores(n)) for n in saved.score_names()}
-        stages = probe(run)
-        print(f"{run}\n  stages (Mahalanobis on pooled features): "
-              + "  ".join(f"{k} {v:.3f}" for k, v in stages.items())
-              + "\n  the run's scores: " + "  ".join(f"{k} {v:.3f}" for k, v in saved_auroc.items()))
+        results = ResultSet.load(run / "predictions.npz")
+        saved, val = results.with_role("test"), results.with_role("val")
+        stages, labels, ids = stage_scores(run)
+        if [r.id for r in saved] != ids:
+            raise SystemExit(f"{run}: predictions.npz does not hold its data's test split in order")
+        print(f"{run}\n  the run's scores: " + "  ".join(
+            f"{k} {roc_auc_score(saved.labels(), saved.scores(k)):.3f}" for k in saved.score_names()))
+        for name in SCORES:
+            print(f"  {name:12s} " + "  ".join(
+                f"{k.split('@')[1]} {roc_auc_score(labels, t):.3f}" for k, (_, t) in stages.items()
+                if k.startswith(name + "@")))
+        fuse = AnomalyDetector.load(run).config.detector.fuse
+        if fuse:
+            own = {k: (val.scores(k), saved.scores(k)) for k in fuse}
+            print(f"  fusion of {' + '.join(fuse)}: {fused_auroc(own, labels):.3f}; with each stage score")
+            for name in SCORES:
+                added = [fused_auroc({**own, k: v}, labels) for k, v in stages.items() if k.startswith(name + "@")]
+                swapped = [fused_auroc({**{m: own[m] for m in fuse[1:]}, k: v}, labels)
+                           for k, v in stages.items() if k.startswith(name + "@")]
+                print(f"  {name:12s} added    " + "  ".join(f"{a:.3f}" for a in added)
+                      + f"\n  {'':12s} instead  " + "  ".join(f"{s:.3f}" for s in swapped))
 
 
 if __name__ == "__main__":
