@@ -15,9 +15,11 @@ One fixed suite (issue 11). For each dataset it prints one table whose rows are
   embedding scores beside it ("features": Mahalanobis / S_NND / S_LH), at 64 px with ResNet-18
   width 32; PMSACL also without its multi-centring loss (``weight_ctr: 0``), the setting that
   works at these budgets; and the untrained encoder as their floor, with its BatchNorm statistics
-  as initialised and re-estimated on the training normals (issue 14). On the two sets whose images
-  are large (``covid224``, ``lgg``) the rows marked ``@128`` repeat them at 128 px, and PMSACL is
-  also scored with IGD fine-tuned from its encoder, the detector its paper reports best (issue 29);
+  as initialised and re-estimated on the training normals (issue 14), and (3 seeds) S_NND on its
+  first stage, a training-free texture statistic that is the floor of any early-stage score. On
+  the two sets whose images are large (``covid224``, ``lgg``) the rows marked ``@128`` repeat
+  them at 128 px, and PMSACL is also scored with IGD fine-tuned from its encoder, the detector
+  its paper reports best (issue 29);
 * **candidates** for a preset, measured beside it on the sets it must hold on (``chest-xray
   candidate: CON2 @128 + DAE (fused)``: CON2 at 128 px in place of the preset's contrastive at 64 px).
 
