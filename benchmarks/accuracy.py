@@ -162,7 +162,7 @@ METHOD_ROWS: dict[str, Row] = {
     "CON2 (invert) + S_NND @128": _method("con2", "nnd", 30, {"context": "invert"}, {"contexts": ["invert"]},
                                           {"optimizer": "adamw", "weight_decay": 0.001}, size=128,
                                           datasets=("covid224", "lgg", "pneumoniamnist")),
-    # ~3x the 64-px time (~35 min a set on 2 cores), the last of the seed methods at 128 px
+    # about twice the 64-px time (1,223-1,251 s a set on 2 cores), the last of the seed methods at 128 px
     "DINO + negatives + cosine @128": _method("dino_neg", "cosine", 60, train={"optimizer": "adamw", "lr": 2.5e-4},
                                               size=128, datasets=("covid224", "lgg")),
     # PMSACL's paper reports IGD (fine-tuned from the pre-trained encoder) as its best detector; at a

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from medad.data.loading import load_splits
+from medad.data.loading import DatasetSplits, load_splits
 from medad.detectors.fusion import fit_fusion, fuse_scores
 from medad.detectors.registry import build_detector
 from medad.evaluation.records import ResultSet
@@ -36,24 +36,23 @@ from medad.models.resnet import LAYERS
 SCORES = ("mahalanobis", "nnd", "lh")
 
 
-def stage_scores(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, list[str]]:
-    """``{"<score>@<stage>": (validation-normal scores, test scores)}``, the test labels and the
-    test ids of ``run``'s data."""
-    model = AnomalyDetector.load(run)
-    splits = load_splits(model.config.data, model.config.train.seed)
-    if splits.test is None:
-        raise SystemExit(f"{run}: its data has no test split")
+Scores = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Per name: (validation-normal scores, test scores)."""
+
+
+def stage_scores(model: AnomalyDetector, splits: DatasetSplits) -> dict[str, Scores]:
+    """``{score: {stage: (validation-normal scores, test scores)}}`` of ``model``'s encoder."""
     train, val, test = (model.prepare(s) for s in (splits.train, splits.val, splits.test))
-    out = {}
+    out: dict[str, Scores] = {name: {} for name in SCORES}
     for layer in LAYERS:
         cache: dict = {}  # one forward pass per stage and image set, shared by the three scores
         for name in SCORES:
             detector = build_detector(name, {"layer": layer}).fit(train, model.encoder_, cache)
-            out[f"{name}@{layer}"] = tuple(detector.score(x, model.encoder_, cache).scores.numpy() for x in (val, test))
-    return out, splits.test.labels.numpy(), list(splits.test.ids)
+            out[name][layer] = tuple(detector.score(x, model.encoder_, cache).scores.numpy() for x in (val, test))
+    return out
 
 
-def fused_auroc(members: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> float:
+def fused_auroc(members: Scores, labels: np.ndarray) -> float:
     """Test AUROC of the mean of ``members``, each standardised on its validation-normal scores."""
     stats = fit_fusion({k: torch.from_numpy(v) for k, (v, _) in members.items()})
     return float(roc_auc_score(labels, fuse_scores({k: torch.from_numpy(t) for k, (_, t) in members.items()},
@@ -65,25 +64,30 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     for run in args.runs:
+        model = AnomalyDetector.load(run)
+        splits = load_splits(model.config.data, model.config.train.seed)
+        if splits.test is None:
+            raise SystemExit(f"{run}: its data has no test split")
         results = ResultSet.load(run / "predictions.npz")
         saved, val = results.with_role("test"), results.with_role("val")
-        stages, labels, ids = stage_scores(run)
-        if [r.id for r in saved] != ids:
+        if [r.id for r in saved] != list(splits.test.ids):
             raise SystemExit(f"{run}: predictions.npz does not hold its data's test split in order")
+        labels = saved.labels()
+        stages = stage_scores(model, splits)
         print(f"{run}\n  the run's scores: " + "  ".join(
-            f"{k} {roc_auc_score(saved.labels(), saved.scores(k)):.3f}" for k in saved.score_names()))
-        for name in SCORES:
-            print(f"  {name:12s} " + "  ".join(
-                f"{k.split('@')[1]} {roc_auc_score(labels, t):.3f}" for k, (_, t) in stages.items()
-                if k.startswith(name + "@")))
-        fuse = AnomalyDetector.load(run).config.detector.fuse
+            f"{k} {roc_auc_score(labels, saved.scores(k)):.3f}" for k in saved.score_names()))
+        for name, per_stage in stages.items():
+            print(f"  {name:12s} " + "  ".join(f"{layer} {roc_auc_score(labels, t):.3f}"
+                                                for layer, (_, t) in per_stage.items()))
+        fuse = model.config.detector.fuse
         if fuse:
             own = {k: (val.scores(k), saved.scores(k)) for k in fuse}
+            others = {k: own[k] for k in fuse[1:]}  # the members without the primary score
             print(f"  fusion of {' + '.join(fuse)}: {fused_auroc(own, labels):.3f}; with each stage score")
-            for name in SCORES:
-                added = [fused_auroc({**own, k: v}, labels) for k, v in stages.items() if k.startswith(name + "@")]
-                swapped = [fused_auroc({**{m: own[m] for m in fuse[1:]}, k: v}, labels)
-                           for k, v in stages.items() if k.startswith(name + "@")]
+            for name, per_stage in stages.items():
+                # keyed "<score>@<stage>", so that a stage score never replaces a member of the same name
+                added = [fused_auroc({**own, f"{name}@{layer}": v}, labels) for layer, v in per_stage.items()]
+                swapped = [fused_auroc({**others, f"{name}@{layer}": v}, labels) for layer, v in per_stage.items()]
                 print(f"  {name:12s} added    " + "  ".join(f"{a:.3f}" for a in added)
                       + f"\n  {'':12s} instead  " + "  ".join(f"{s:.3f}" for s in swapped))
 

@@ -21,7 +21,6 @@ from pydicom.uid import (
     SegmentationStorage,
     generate_uid,
 )
-from medad.data.synthetic import dicom_dataset
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, __version__
@@ -30,7 +29,7 @@ from medad.cli import app
 from medad.config import RunConfig
 from medad.data.dicom_outputs import DicomOutputError, write_dicom_outputs
 from medad.data.readers import read_images
-from medad.data.synthetic import make_phantoms
+from medad.data.synthetic import dicom_dataset, make_phantoms
 from medad.data.writers import resize_map
 from medad.prediction import predict_run
 from medad.report.figures import HeatmapWriter, to_uint8

@@ -21,14 +21,13 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from medad.data.synthetic import dicom_dataset
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector, service as service_module
 from medad.cli import app as cli
 from medad.config import RunConfig
 from medad.data.folder import FileItem
-from medad.data.synthetic import make_phantoms
+from medad.data.synthetic import dicom_dataset, make_phantoms
 from medad.evaluation.calibration import normal_quantile
 from medad.export import export_onnx
 from medad.prediction import load_model, predict_run
