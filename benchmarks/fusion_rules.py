@@ -10,10 +10,14 @@ test image), standardises each of ``--scores`` on the validation normals (z = (s
 * ``hingeQ``: z_a + max(0, z_b − the Q quantile of z_b on the validation normals): the second score
   counts only where it lies beyond (almost) every normal.
 
+With more than two ``--scores`` each rule takes them all (the mean and max of every z; the hinge
+of each later score added to the first).
+
 Nothing but the validation normals sets a rule's constants; the labels only measure. Usage::
 
     .venv/bin/python benchmarks/fusion_rules.py                        # the accuracy suite's runs
     .venv/bin/python benchmarks/fusion_rules.py RUN ... --scores dae stats
+    .venv/bin/python benchmarks/fusion_rules.py RUN ... --scores mahalanobis lh dae
 """
 
 from __future__ import annotations
@@ -26,21 +30,27 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 
-def rules(z_a: np.ndarray, z_b: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:
-    """Every combination rule of the module docstring, on standardised scores."""
-    out = {"mean": (z_a + z_b) / 2, "max": np.maximum(z_a, z_b)}
+def rules(z: list[np.ndarray], val: np.ndarray) -> dict[str, np.ndarray]:
+    """Every combination rule of the module docstring, on standardised scores ``z``.
+
+    >>> rules([np.array([0.0, 2.0]), np.array([1.0, 4.0])], np.array([True, False]))["mean"]
+    array([0.5, 3. ])
+    """
+    out = {"mean": np.mean(z, axis=0), "max": np.max(z, axis=0)}
     for q in (0.95, 0.99, 1.0):
-        out[f"hinge{q:g}"] = z_a + np.maximum(z_b - np.quantile(z_b[val], q), 0)
+        out[f"hinge{q:g}"] = z[0] + sum(np.maximum(z_b - np.quantile(z_b[val], q), 0) for z_b in z[1:])
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path)
-    parser.add_argument("--scores", nargs=2, default=["dae", "stats"], metavar=("A", "B"))
+    parser.add_argument("--scores", nargs="+", default=["dae", "stats"], help="two or more score names")
     args = parser.parse_args()
     runs = args.runs or sorted(Path(p) for p in glob.glob("runs/bench-accuracy/*generic_+_stats*"))
-    columns = [*args.scores, *rules(np.zeros(2), np.zeros(2), np.ones(2, bool))]
+    if len(args.scores) < 2:
+        parser.error("--scores needs at least two score names")
+    columns = [*args.scores, *rules([np.zeros(2)] * 2, np.ones(2, bool))]
     print("| run | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for run in runs:
         saved = np.load(run / "predictions.npz")
@@ -50,7 +60,7 @@ def main() -> None:
         for name in args.scores:
             s = scores[:, names.index(name)]
             z.append((s - s[val].mean()) / s[val].std())
-        combined = {args.scores[0]: z[0], args.scores[1]: z[1], **rules(z[0], z[1], val)}
+        combined = {**dict(zip(args.scores, z)), **rules(z, val)}
         labels = saved["label"][test]
         print(f"| {run.name} | " + " | ".join(f"{roc_auc_score(labels, c[test]):.3f}" for c in combined.values())
               + " |")

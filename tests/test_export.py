@@ -38,6 +38,9 @@ def _fitted(tmp_path, detector: str, params: dict | None = None, size: int = 32,
 @pytest.mark.parametrize(("detector", "params", "extra"), [
     ("mahalanobis", {}, {}),
     ("nnd", {"k": 2}, {}),
+    # an image-level score on an early stage, in a run whose maps (of other detectors) use a
+    # foreground mask: the mask plays no part in the exported graph (chest-xray without its fusion)
+    ("lh", {"layer": "layer1"}, {"maps": {"foreground": 0.1}}),
     ("padim", {"d": 16}, {"maps": {"smooth": 8.0}}),
     ("ae", {"epochs": 1, "batch_size": 8}, {}),
 ])

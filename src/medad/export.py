@@ -12,8 +12,8 @@ scoring code (:meth:`AnomalyDetector._score`), then checks that onnxruntime repr
 Exported: the embedding scores (``mahalanobis``, ``lh``, ``nnd``, ``cosine``) without test-time
 augmentation or contexts, ``padim``, and the autoencoders (``ae``, ``ae_u``, ``memae``,
 ``msssim_ae``); a map blur (``maps.smooth``) is part of the graph. Refused, with the reason:
-detectors and map steps that are not tensor operations (``maps.foreground`` and the ``dae``'s
-foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not supported yet).
+detectors and map steps that are not tensor operations (``maps.foreground``, under a detector with
+maps, and the ``dae``'s foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not supported yet).
 """
 
 from __future__ import annotations
@@ -63,11 +63,12 @@ def check_exportable(model: AnomalyDetector) -> None:
     det = model.detectors_[name]
     if name in REFUSED:
         raise ExportError(f"detector {name!r} cannot be exported: {REFUSED[name]}")
-    if isinstance(det, EmbeddingDetector):
+    if isinstance(det, EmbeddingDetector):  # image level: no map, so config.maps plays no part
         if det.params.n_views != 1:
             raise ExportError(f"detector {name!r} uses {det.params.n_views} views (tta / contexts): export scores "
                               "one view; refit with tta: 0 and contexts: [] to export")
-    elif name not in EXPORTABLE_SPATIAL:
+        return
+    if name not in EXPORTABLE_SPATIAL:
         raise ExportError(f"detector {name!r} cannot be exported (supported: embedding scores, "
                           f"{', '.join(sorted(EXPORTABLE_SPATIAL))})")
     if model.config.maps.foreground is not None:
