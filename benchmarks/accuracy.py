@@ -9,7 +9,8 @@ One fixed suite (issue 11). For each dataset it prints one table whose rows are
   threshold at the 0.99 quantile of validation-normal pixels) and once with the ``brain-mri``
   preset's map post-processing (hyperintense part only, eroded head mask, its blur and pixel
   threshold) — the prior alone, so that the preset's row shows what its learned part adds;
-* **presets** (``medad train --preset NAME``), 3 seeds, mean ± std;
+* **presets** (``medad train --preset NAME``), 3 seeds, mean ± std, and a preset's previous setting
+  beside it when it changed (``chest-xray until 2026-12-06 (Mahalanobis + DAE)``);
 * **seed methods** (contrastive, CCD, PMSACL, CON2, DINO with negatives), 1 seed, each with the
   score its paper uses (Mahalanobis, PaDiM, PaDiM, S_NND, temperature-weighted cosine) and the
   embedding scores beside it ("features": Mahalanobis / S_NND / S_LH), at 64 px with ResNet-18
@@ -107,6 +108,12 @@ ROWS: dict[str, Row] = {
         "evaluation": PRESETS["brain-mri"].values["evaluation"]}),
     "brain-mri": Row("preset", ("lgg",), preset="brain-mri", seeds=(0, 1, 2)),
     "chest-xray": Row("preset", ("pneumoniamnist", "covid224"), preset="chest-xray", seeds=(0, 1, 2)),
+    # the preset from 2026-12-03 to 2026-12-06: the last stage's Mahalanobis score fused with the DAE
+    "chest-xray until 2026-12-06 (Mahalanobis + DAE)": Row("preset", ("pneumoniamnist", "covid224"), {
+        **PRESETS["chest-xray"].values,
+        "detector": {"name": "mahalanobis", "fuse": ["mahalanobis", "dae"],
+                     "also": ["nnd", "lh", "cosine", PRESETS["chest-xray"].values["detector"]["also"][-1]]}},
+        seeds=(0, 1, 2)),
     "breast-ultrasound": Row("preset", ("breastmnist", "covid224"), preset="breast-ultrasound", seeds=(0, 1, 2)),
     "generic": Row("preset", tuple(DATASETS), preset="generic", seeds=(0, 1, 2)),
     # issue 29 item 4: the preset's image size is a choice; what 64 and 224 px in give beside 128

@@ -4,12 +4,15 @@ resolved config records it and repeats the run, and `medad list` shows them."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from medad import AnomalyDetector
 from medad.cli import app
 from medad.config import RunConfig, apply_overrides, from_preset, load_config, resolve_config
+from medad.data.synthetic import make_phantoms
+from medad.detectors.fusion import fuse_scores
 from medad.detectors.registry import build_detector
 from medad.methods.registry import build_method
 from medad.models.resnet import build_encoder
@@ -25,6 +28,21 @@ def test_every_preset_builds_its_method_and_detector(name: str) -> None:
     encoder = build_encoder(cfg.encoder, in_channels=cfg.data.channels, image_size=cfg.data.image_size)
     build_method(cfg.method, encoder)
     build_detector(cfg.detector.name, cfg.detector.params)
+
+
+def test_chest_xray_fuses_s_lh_on_the_first_stage_with_the_dae() -> None:
+    """Each ``also`` entry keeps its own params: the fused S_LH reads layer1, Mahalanobis the embedding."""
+    values = PRESETS["chest-xray"].values
+    small_dae = {**values["detector"]["also"][-1], "params": {**values["detector"]["also"][-1]["params"], "epochs": 1}}
+    cfg = from_preset("chest-xray", {"data": {"image_size": 32, "val_fraction": 0.25}, "encoder": {"width": 8},
+                                     "train": {"epochs": 0, "progress": False},
+                                     "detector": {"also": [*values["detector"]["also"][:-1], small_dae]}})
+    model = AnomalyDetector(cfg).fit(make_phantoms(24, 32, seed=0)[0])
+    assert model.detectors_["lh"].params.layer == "layer1" and model.detectors_["nnd"].params.layer == "layer1"
+    assert model.detectors_["mahalanobis"].params.layer is None and set(model.fusion_) == {"lh", "dae"}
+    out = model.score_all(make_phantoms(4, 32, seed=1, lesion=True)[0])
+    members = {name: out[name].scores for name in ("lh", "dae")}
+    torch.testing.assert_close(out["fusion"].scores, fuse_scores(members, model.fusion_))
 
 
 def test_explicit_values_override_the_preset_and_the_rest_is_kept() -> None:
