@@ -5,7 +5,7 @@ Ledoit–Wolf covariance), ``nnd`` (S_NND) and ``lh`` (S_LH) detectors with ``la
 ResNet stage in turn (the spatial mean of ``layer1`` .. ``layer4``; ``layer4`` is the encoder's
 own embedding) over the run's training normals, and prints the test image AUROC of each beside
 the run's saved scores. When the run fuses scores (``detector.fuse``), it also prints the fusion
-with each stage score added to the run's members, and put in place of the run's primary score,
+with each stage score added to the run's members, and put in place of the first fused member,
 each standardised on the run's validation normals as the product does (``detectors/fusion.py``).
 It reads the run's own data (``config.yaml``), so it needs the labelled test split of that data.
 No training; seconds to a minute per run on a CPU.
