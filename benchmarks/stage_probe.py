@@ -14,7 +14,7 @@ A diagnostic: it tells whether what the pre-training learned sits in the deep em
 detectors use by default, or only in the early, low-level layers. A stage that wins on every dev
 set is a product setting, e.g. ``--set detector.params.layer=layer1`` (docs/benchmarks.md).
 
-    .venv/bin/python benchmarks/stage_probe.py RUN [RUN ...]
+    .venv/bin/python benchmarks/stage_probe.py RUN [RUN ...] [--tta 4]
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ Scores = dict[str, tuple[np.ndarray, np.ndarray]]
 """Per name: (validation-normal scores, test scores)."""
 
 
-def stage_scores(model: AnomalyDetector, splits: DatasetSplits) -> dict[str, Scores]:
-    """``{score: {stage: (validation-normal scores, test scores)}}`` of ``model``'s encoder."""
+def stage_scores(model: AnomalyDetector, splits: DatasetSplits, tta: int = 0) -> dict[str, Scores]:
+    """``{score: {stage: (validation-normal scores, test scores)}}`` of ``model``'s encoder, each
+    score averaged over ``tta`` augmented views besides the image (``detector.params.tta``)."""
     train, val, test = (model.prepare(s) for s in (splits.train, splits.val, splits.test))
     out: dict[str, Scores] = {name: {} for name in SCORES}
     for layer in LAYERS:
         cache: dict = {}  # one forward pass per stage and image set, shared by the three scores
         for name in SCORES:
-            detector = build_detector(name, {"layer": layer}).fit(train, model.encoder_, cache)
+            detector = build_detector(name, {"layer": layer, "tta": tta}).fit(train, model.encoder_, cache)
             out[name][layer] = tuple(detector.score(x, model.encoder_, cache).scores.numpy() for x in (val, test))
     return out
 
@@ -62,6 +63,7 @@ def fused_auroc(members: Scores, labels: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--tta", type=int, default=0, help="augmented views per image (detector.params.tta)")
     args = parser.parse_args()
     for run in args.runs:
         model = AnomalyDetector.load(run)
@@ -73,7 +75,7 @@ def main() -> None:
         if [r.id for r in saved] != list(splits.test.ids):
             raise SystemExit(f"{run}: predictions.npz does not hold its data's test split in order")
         labels = saved.labels()
-        stages = stage_scores(model, splits)
+        stages = stage_scores(model, splits, args.tta)
         print(f"{run}\n  the run's scores: " + "  ".join(
             f"{k} {roc_auc_score(labels, saved.scores(k)):.3f}" for k in saved.score_names()))
         for name, per_stage in stages.items():
