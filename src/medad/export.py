@@ -13,7 +13,8 @@ Exported: the embedding scores (``mahalanobis``, ``lh``, ``nnd``, ``cosine``) wi
 augmentation or contexts, ``padim``, and the autoencoders (``ae``, ``ae_u``, ``memae``,
 ``msssim_ae``); a map blur (``maps.smooth``) is part of the graph. Refused, with the reason:
 detectors and map steps that are not tensor operations (``maps.foreground``, under a detector with
-maps, and the ``dae``'s foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not supported yet).
+maps, and the ``dae``'s foreground fill holes with scipy; ``ddad``, ``igd`` and ``fanogan`` are not
+supported yet).
 """
 
 from __future__ import annotations
