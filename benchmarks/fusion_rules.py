@@ -2,8 +2,9 @@
 
 For every run folder given (by default the ``generic + stats (fused)`` runs of
 ``benchmarks/accuracy.py``), reads ``predictions.npz`` (every score of every validation normal and
-test image), standardises each of ``--scores`` on the validation normals (z = (s − μ) / σ, as
-:mod:`medad.detectors.fusion` does) and prints the test image AUROC of each member alone and of:
+test image), standardises each of ``--scores`` on the validation normals (z = (s − μ) / σ, with
+:func:`medad.detectors.fusion.fit_fusion`, as the product does) and prints the test image AUROC
+of each member alone and of:
 
 * ``mean``: (z_a + z_b) / 2, medad's fusion (PyOD's average of standardised scores);
 * ``max``: max(z_a, z_b) (PyOD's maximisation);
@@ -27,7 +28,10 @@ import glob
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
+
+from medad.detectors.fusion import fit_fusion
 
 
 def rules(z: list[np.ndarray], val: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,10 +60,9 @@ def main() -> None:
         saved = np.load(run / "predictions.npz")
         names, scores = list(saved["score_names"]), saved["all_scores"]
         val, test = saved["role"] == "val", saved["role"] == "test"
-        z = []
-        for name in args.scores:
-            s = scores[:, names.index(name)]
-            z.append((s - s[val].mean()) / s[val].std())
+        columns_of = {name: scores[:, names.index(name)] for name in args.scores}
+        stats = fit_fusion({name: torch.from_numpy(s[val]) for name, s in columns_of.items()})
+        z = [(s - stats[name][0]) / stats[name][1] for name, s in columns_of.items()]
         combined = {**dict(zip(args.scores, z)), **rules(z, val)}
         labels = saved["label"][test]
         print(f"| {run.name} | " + " | ".join(f"{roc_auc_score(labels, c[test]):.3f}" for c in combined.values())

@@ -84,7 +84,7 @@ def main() -> None:
         fuse = model.config.detector.fuse
         if fuse:
             own = {k: (val.scores(k), saved.scores(k)) for k in fuse}
-            others = {k: own[k] for k in fuse[1:]}  # the members without the primary score
+            others = {k: own[k] for k in fuse[1:]}  # the members but the first
             print(f"  fusion of {' + '.join(fuse)}: {fused_auroc(own, labels):.3f}; with each stage score")
             for name, per_stage in stages.items():
                 # keyed "<score>@<stage>", so that a stage score never replaces a member of the same name
